@@ -1,0 +1,1 @@
+"""sdcloud module_utils: shared code for the project's modules and inventory plugin."""

@@ -1,0 +1,512 @@
+"""Disposable Debian 12 machines on this computer: systemd-nspawn on a private bridge.
+
+One implementation serves three users: the `local` provider (module `local_machine`), the
+molecule driver (molecule/*/create.yml and destroy.yml use the same module) and the end-to-end
+tests (through bin/sdcloud-testhost). A machine is reached over SSH like a cloud VM:
+
+- base tree: debootstrap'ed once into BASE_DIR (cached), read-only lower layer of an overlayfs;
+- the machine's "disk" is its overlay upper dir, kept across stop/start, removed by destroy;
+- network: a bridge of our own (10.87.<net>.0/24), the machine gets a static address on it and
+  no route out; apt and pip reach their registries only through a tinyproxy we start on the bridge
+  address (stopped, by PID, when the last machine is destroyed);
+- a small supervisor script restarts nspawn when the machine reboots (nspawn exits 133), so
+  ansible.builtin.reboot works; SIGTERM to the supervisor powers the machine off cleanly.
+
+Everything we start is recorded by PID in the state dir and stopped by that PID (never by name).
+Needs root, debootstrap, systemd-container, tinyproxy (see `packages()` and `install_packages()`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import ipaddress
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+
+PACKAGES = ("debootstrap", "systemd-container", "tinyproxy", "zstd")
+BASE_INCLUDE = (
+    "systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,python3-venv,python3-apt,"
+    "python3-packaging,sudo,iproute2,ca-certificates,procps,git"
+)
+SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+CACHE_DIR = os.environ.get("SDCLOUD_CACHE_DIR", "/var/cache/sdcloud")
+BASE_DIR = os.path.join(CACHE_DIR, "base-" + SUITE)
+BASE_VERSION = "3"  # bump when the base tree recipe changes: a stale cache is rebuilt
+PROXY_PORT = 8888
+NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
+
+SUPERVISOR = """#!/bin/bash
+# sdcloud machine supervisor (written by sdcloud nspawn.py): runs systemd-nspawn, starts it
+# again when the machine reboots (exit 133), and forwards SIGTERM (nspawn then powers it off).
+stopping=0
+trap 'stopping=1; kill -TERM "$child" 2>/dev/null' TERM INT
+while :; do
+  systemd-nspawn "$@" &
+  child=$!
+  while :; do
+    wait "$child"; rc=$?
+    kill -0 "$child" 2>/dev/null || break
+  done
+  if [ "$stopping" = 0 ] && [ "$rc" = 133 ]; then continue; fi
+  exit "$rc"
+done
+"""
+
+
+class MachineError(Exception):
+    pass
+
+
+def _run(cmd, check=True, **kw):
+    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and res.returncode != 0:
+        raise MachineError("command failed (%d): %s\n%s" % (res.returncode, " ".join(cmd), (res.stderr or res.stdout)[-2000:]))
+    return res
+
+
+def _pid_alive(pid, marker=None):
+    if not pid:
+        return False
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            cmdline = f.read().decode(errors="replace")
+    except OSError:
+        return False
+    return marker is None or marker in cmdline
+
+
+@contextlib.contextmanager
+def _lock(path):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def missing_packages():
+    """Debian packages the machines need that are not installed here."""
+    missing = []
+    for pkg in PACKAGES:
+        res = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+        if "install ok installed" not in res.stdout:
+            missing.append(pkg)
+    return missing
+
+
+def install_packages():
+    missing = missing_packages()
+    if missing:
+        env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+        _run(["apt-get", "update", "-qq"], env=env)
+        _run(["apt-get", "install", "-y", "-qq", *missing], env=env)
+    return missing
+
+
+def _mirror():
+    """The Debian archive this computer's apt uses (so the machines use the same one)."""
+    for path in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
+        try:
+            text = open(path).read()
+        except OSError:
+            continue
+        m = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.M) or re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)\s+bookworm", text, re.M)
+        if m:
+            return m.group(1)
+    return DEFAULT_MIRROR
+
+
+def ensure_base():
+    """Build the cached Debian 12 base tree once (~1-2 min); later calls return at once."""
+    stamp = os.path.join(BASE_DIR, ".sdcloud-base")
+    with _lock(os.path.join(CACHE_DIR, ".base.lock")):
+        if os.path.exists(stamp) and open(stamp).read().strip() == BASE_VERSION:
+            return BASE_DIR, False
+        if os.getuid() != 0:
+            raise MachineError("local machines need root (systemd-nspawn, overlayfs, bridges): run as root")
+        install_packages()
+        tmp = BASE_DIR + ".tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        mirror = _mirror()
+        _run(["debootstrap", "--variant=minbase", "--include=" + BASE_INCLUDE, SUITE, tmp, mirror])
+        # same archive + updates + security, like a cloud image
+        sec = mirror.replace("/debian", "/debian-security")
+        with open(os.path.join(tmp, "etc/apt/sources.list"), "w") as f:
+            f.write("deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n" % (mirror, SUITE, mirror, SUITE, sec, SUITE))
+        # per-machine identity is made at create time: no shared host keys or machine-id
+        for name in os.listdir(os.path.join(tmp, "etc/ssh")):
+            if name.startswith("ssh_host_"):
+                os.unlink(os.path.join(tmp, "etc/ssh", name))
+        open(os.path.join(tmp, "etc/machine-id"), "w").close()
+        # trust the same CA certificates as this computer (egress may be TLS-inspected)
+        src = "/usr/local/share/ca-certificates"
+        if os.path.isdir(src):
+            dst = os.path.join(tmp, "usr/local/share/ca-certificates")
+            os.makedirs(dst, exist_ok=True)
+            for name in os.listdir(src):
+                if name.endswith(".crt"):
+                    shutil.copy(os.path.join(src, name), dst)
+            _run(["chroot", tmp, "update-ca-certificates"])
+        _run(["chroot", tmp, "systemctl", "enable", "systemd-networkd", "ssh"])
+        # no root password, key-only SSH
+        with open(os.path.join(tmp, "etc/ssh/sshd_config.d/sdcloud.conf"), "w") as f:
+            f.write("PasswordAuthentication no\nPermitRootLogin prohibit-password\nUseDNS no\n")
+        with open(os.path.join(tmp, ".sdcloud-base"), "w") as f:
+            f.write(BASE_VERSION + "\n")
+        shutil.rmtree(BASE_DIR, ignore_errors=True)
+        os.rename(tmp, BASE_DIR)
+        return BASE_DIR, True
+
+
+class Network:
+    """One private bridge, its address plan and its proxy. `net` (0-9) isolates parallel runs."""
+
+    def __init__(self, net=None, state_root=None):
+        self.net = int(os.environ.get("SDCLOUD_NET", "0") if net is None else net)
+        if not 0 <= self.net <= 9:
+            raise MachineError("SDCLOUD_NET must be 0-9, got %r" % self.net)
+        self.bridge = "sdcloud%d" % self.net
+        self.subnet = ipaddress.ip_network("10.87.%d.0/24" % self.net)
+        self.gateway = str(self.subnet.network_address + 1)
+        root = state_root or os.environ.get("SDCLOUD_STATE_DIR", "/var/lib/sdcloud")
+        self.state_dir = os.path.join(root, "net%d" % self.net)
+        self.machines_dir = os.path.join(self.state_dir, "machines")
+        self.proxy_url = "http://%s:%d" % (self.gateway, PROXY_PORT)
+
+    # -- bridge and proxy -------------------------------------------------
+    def _pidfile(self, what):
+        return os.path.join(self.state_dir, what + ".pid")
+
+    def _read_pid(self, what):
+        try:
+            return int(open(self._pidfile(what)).read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def bridge_exists(self):
+        return os.path.exists("/sys/class/net/%s" % self.bridge)
+
+    def up(self):
+        """Create the bridge and start the proxy when they are not there. Returns True if changed."""
+        changed = False
+        os.makedirs(self.machines_dir, exist_ok=True)
+        if not self.bridge_exists():
+            _run(["ip", "link", "add", self.bridge, "type", "bridge"])
+            _run(["ip", "addr", "add", "%s/%d" % (self.gateway, self.subnet.prefixlen), "dev", self.bridge])
+            _run(["ip", "link", "set", self.bridge, "up"])
+            changed = True
+        if not _pid_alive(self._read_pid("proxy"), "tinyproxy"):
+            conf = os.path.join(self.state_dir, "tinyproxy.conf")
+            with open(conf, "w") as f:
+                f.write(
+                    "# written by sdcloud: egress for the local machines (apt, pip) and nothing else\n"
+                    "User nobody\nGroup nogroup\nPort %d\nListen %s\nTimeout 600\nMaxClients 64\n"
+                    "Allow %s\nConnectPort 443\nConnectPort 80\nLogLevel Warning\nDisableViaHeader Yes\n"
+                    % (PROXY_PORT, self.gateway, self.subnet)
+                )
+            log = open(os.path.join(self.state_dir, "tinyproxy.log"), "ab")
+            proc = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            with open(self._pidfile("proxy"), "w") as f:
+                f.write(str(proc.pid))
+            _wait_port(self.gateway, PROXY_PORT, 10, "the egress proxy (tinyproxy) on %s" % self.gateway)
+            changed = True
+        return changed
+
+    def down(self):
+        """Stop what up() started (by PID) and delete the bridge. Returns True if changed."""
+        changed = False
+        for what in ("proxy",) + tuple(self._extra_services()):
+            pid = self._read_pid(what)
+            if _pid_alive(pid):
+                _kill_group(pid)
+                changed = True
+            with contextlib.suppress(OSError):
+                os.unlink(self._pidfile(what))
+        if self.bridge_exists():
+            _run(["ip", "link", "del", self.bridge])
+            changed = True
+        if not self.machines():
+            shutil.rmtree(self.state_dir, ignore_errors=True)
+        return changed
+
+    def _extra_services(self):
+        if not os.path.isdir(self.state_dir):
+            return []
+        return [f[:-4] for f in os.listdir(self.state_dir) if f.endswith(".pid") and f != "proxy.pid"]
+
+    def start_service(self, what, argv, marker):
+        """Start a helper daemon bound to this network (e.g. a git daemon serving test fixtures),
+        recorded by PID and stopped by down(). Idempotent."""
+        if _pid_alive(self._read_pid(what), marker):
+            return False
+        self.up()
+        log = open(os.path.join(self.state_dir, what + ".log"), "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        with open(self._pidfile(what), "w") as f:
+            f.write(str(proc.pid))
+        return True
+
+    def stop_service(self, what):
+        pid = self._read_pid(what)
+        if _pid_alive(pid):
+            _kill_group(pid)
+        with contextlib.suppress(OSError):
+            os.unlink(self._pidfile(what))
+
+    # -- machines ---------------------------------------------------------
+    def machines(self):
+        if not os.path.isdir(self.machines_dir):
+            return []
+        out = []
+        for name in sorted(os.listdir(self.machines_dir)):
+            m = Machine(self, name)
+            if m.exists():
+                out.append(m)
+        return out
+
+    def machine(self, name):
+        return Machine(self, name)
+
+    def free_address(self):
+        used = {m.meta.get("address") for m in self.machines()}
+        for host in list(self.subnet.hosts())[9:250]:
+            if str(host) not in used:
+                return str(host)
+        raise MachineError("no free address left on %s" % self.subnet)
+
+
+def _wait_port(host, port, timeout, what, banner=False):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection((host, port), timeout=2) as s:
+                if not banner:
+                    return
+                s.settimeout(3)
+                if s.recv(64).startswith(b"SSH-"):
+                    return
+        except OSError as e:
+            last = e
+        time.sleep(0.2)
+    raise MachineError("timed out after %ss waiting for %s (%s:%s): %s" % (timeout, what, host, port, last))
+
+
+def _kill_group(pid, timeout=30):
+    """SIGTERM the process group we started, wait, then SIGKILL what is left."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and _pid_alive(pid):
+        _reap(pid)
+        time.sleep(0.1)
+    if _pid_alive(pid):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pid, signal.SIGKILL)
+        time.sleep(0.2)
+    _reap(pid)
+
+
+def _reap(pid):
+    with contextlib.suppress(ChildProcessError, OSError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+class Machine:
+    def __init__(self, network, name):
+        if not NAME_RE.match(name):
+            raise MachineError("invalid machine name %r: use lowercase letters, digits and '-', starting with a letter" % name)
+        self.network = network
+        self.name = name
+        self.dir = os.path.join(network.machines_dir, name)
+        self.meta_path = os.path.join(self.dir, "machine.json")
+        self.root = os.path.join(self.dir, "root")
+        self.meta = self._load()
+
+    def _load(self):
+        try:
+            with open(self.meta_path) as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return {}
+
+    def _save(self):
+        tmp = self.meta_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.meta, f, indent=2, sort_keys=True)
+        os.replace(tmp, self.meta_path)
+
+    def exists(self):
+        return bool(self.meta)
+
+    @property
+    def supervisor(self):
+        return os.path.join(self.network.state_dir, "sdcloud-nspawn-supervisor")
+
+    def running(self):
+        return _pid_alive(self.meta.get("pid"), "sdcloud-nspawn-supervisor")
+
+    @property
+    def state(self):
+        if not self.exists():
+            return "absent"
+        return "running" if self.running() else "stopped"
+
+    def info(self):
+        d = dict(self.meta)
+        d.pop("pid", None)
+        d["state"] = self.state
+        return d
+
+    # -- lifecycle --------------------------------------------------------
+    def create(self, ssh_public_key, labels=None, address=None, ssh_private_key_file=None):
+        """Create the machine's disk and identity (does not start it)."""
+        if self.exists():
+            return False
+        ensure_base()
+        net = self.network
+        os.makedirs(self.dir, exist_ok=True)
+        addr = address or net.free_address()
+        if ipaddress.ip_address(addr) not in net.subnet:
+            raise MachineError("address %s is not in %s" % (addr, net.subnet))
+        self.meta = {
+            "name": self.name,
+            "address": addr,
+            "bridge": net.bridge,
+            "unit": "sdc%d-%s" % (net.net, addr.rsplit(".", 1)[1]),  # short: host veth is vb-<unit>
+            "uuid": uuid.uuid4().hex,
+            "labels": dict(labels or {}),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "ssh_user": "root",
+            "ssh_private_key_file": ssh_private_key_file,
+            "proxy": net.proxy_url,
+        }
+        for d in ("upper", "work", "root"):
+            os.makedirs(os.path.join(self.dir, d), exist_ok=True)
+        self._mount()
+        try:
+            self._personalize(ssh_public_key)
+        finally:
+            self._umount()
+        self._save()
+        return True
+
+    def _mount(self):
+        if os.path.ismount(self.root):
+            return
+        _run(["mount", "-t", "overlay", "overlay", "-o",
+              "lowerdir=%s,upperdir=%s,workdir=%s" % (BASE_DIR, os.path.join(self.dir, "upper"), os.path.join(self.dir, "work")),
+              self.root])
+
+    def _umount(self):
+        if os.path.ismount(self.root):
+            _run(["umount", self.root])
+
+    def _write(self, rel, content, mode=0o644):
+        path = os.path.join(self.root, rel.lstrip("/"))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(content)
+        os.chmod(path, mode)
+
+    def _personalize(self, ssh_public_key):
+        net, m = self.network, self.meta
+        self._write("/etc/hostname", self.name + "\n")
+        self._write("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost\n" % self.name)
+        self._write("/etc/machine-id", m["uuid"] + "\n", 0o444)
+        self._write("/etc/systemd/network/10-sdcloud-host0.network",
+                    "[Match]\nName=host0\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
+                    % (m["address"], net.subnet.prefixlen))
+        self._write("/etc/resolv.conf", "# no DNS: egress only through the proxy %s\n" % net.proxy_url)
+        # egress: only through the proxy on the bridge (apt, pip, git over https)
+        self._write("/etc/apt/apt.conf.d/90sdcloud-proxy",
+                    'Acquire::http::Proxy "%s";\nAcquire::https::Proxy "%s";\n' % (net.proxy_url, net.proxy_url))
+        self._write("/etc/pip.conf", "[global]\nproxy = %s\ncert = /etc/ssl/certs/ca-certificates.crt\n" % net.proxy_url)
+        no_proxy = "localhost,127.0.0.1,%s" % net.subnet
+        self._write("/etc/environment",
+                    "http_proxy=%s\nhttps_proxy=%s\nHTTP_PROXY=%s\nHTTPS_PROXY=%s\nno_proxy=%s\nNO_PROXY=%s\n"
+                    % (net.proxy_url, net.proxy_url, net.proxy_url, net.proxy_url, no_proxy, no_proxy))
+        self._write("/root/.ssh/authorized_keys", ssh_public_key.strip() + "\n", 0o600)
+        os.chmod(os.path.join(self.root, "root/.ssh"), 0o700)
+        _run(["ssh-keygen", "-A", "-f", self.root])
+
+    def start(self, timeout=60):
+        """Boot the machine and wait until its sshd answers. Returns True if it was not running."""
+        if not self.exists():
+            raise MachineError("machine %s does not exist" % self.name)
+        if self.running():
+            return False
+        net = self.network
+        net.up()
+        with open(self.supervisor, "w") as f:
+            f.write(SUPERVISOR)
+        os.chmod(self.supervisor, 0o755)
+        self._mount()
+        m = self.meta
+        argv = [self.supervisor, "-D", self.root, "-M", m["unit"], "-b", "--register=no", "--keep-unit",
+                "--network-bridge=" + net.bridge, "--resolv-conf=off", "--timezone=off", "--link-journal=no",
+                "--uuid=" + m["uuid"], "--console=read-only", "--hostname=" + self.name]
+        log = open(os.path.join(self.dir, "console.log"), "ab")
+        proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+        m["pid"] = proc.pid
+        m["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self._save()
+        try:
+            _wait_port(m["address"], 22, timeout, "sshd in machine %s" % self.name, banner=True)
+        except MachineError:
+            if not _pid_alive(proc.pid):
+                raise MachineError("machine %s exited while booting; its console log:\n%s" % (self.name, self.console_tail())) from None
+            raise
+        return True
+
+    def console_tail(self, n=4000):
+        try:
+            with open(os.path.join(self.dir, "console.log"), "rb") as f:
+                f.seek(0, 2)
+                f.seek(max(0, f.tell() - n))
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout=60):
+        """Power the machine off (orderly), keep its disk. Returns True if it was running."""
+        if not self.running():
+            self._umount()
+            return False
+        _kill_group(self.meta["pid"], timeout)
+        self.meta.pop("pid", None)
+        self._save()
+        self._umount()
+        return True
+
+    def wait_stopped(self, timeout):
+        """Wait until the machine powered itself off (e.g. autostop). True when it did."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.running():
+                _reap(self.meta.get("pid") or 0)
+                return True
+            time.sleep(0.5)
+        return False
+
+    def destroy(self):
+        """Stop and delete the machine with its disk. Returns True if it existed."""
+        if not self.exists() and not os.path.isdir(self.dir):
+            return False
+        if self.exists():
+            self.stop()
+        self._umount()
+        shutil.rmtree(self.dir)
+        self.meta = {}
+        return True
