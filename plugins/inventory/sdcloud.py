@@ -1,0 +1,256 @@
+"""sdcloud dynamic inventory: the machines sdcloud manages, on every provider."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+name: sdcloud
+short_description: The machines sdcloud manages (local, static, GCP, AWS)
+description:
+  - Lists the machines sdcloud created or was told about, across providers, found by their labels/tags
+    (C(sdcloud-managed=true), C(sdcloud-deployment=<name>)) - C(local) machines from this computer's state
+    directory, C(static) hosts from this file, GCP instances (aggregatedList) and AWS instances (tags).
+  - Groups C(sdcloud_machines) (all), C(sdcloud_target) (the machines of the deployment named by I(deployment)),
+    C(provider_<provider>), C(state_<state>) (stopped machines land in C(state_stopped) instead of breaking
+    the listing), C(deployment_<name>), C(gpu_<gpu>).
+  - Sets C(sdcloud_name) (the deployment) on the C(all) group, so playbooks and C(localhost) read it from here.
+  - Uses a YAML configuration file whose name ends with C(sdcloud.yml) or C(sdcloud.yaml).
+extends_documentation_fragment:
+  - constructed
+  - inventory_cache
+options:
+  plugin:
+    description: Token that ensures this is a source file for this plugin.
+    required: true
+    choices: [sdcloud]
+  deployment:
+    description: The deployment the playbooks work on (group C(sdcloud_target)).
+    type: str
+    default: sdcloud
+    env:
+      - name: SDCLOUD_NAME
+  providers:
+    description: Which providers to list.
+    type: list
+    elements: str
+    default: [local, static]
+    env:
+      - name: SDCLOUD_INVENTORY_PROVIDERS
+  local_net:
+    description: Which local bridge (0-9) to list machines of.
+    type: int
+    default: 0
+    env:
+      - name: SDCLOUD_NET
+  local_state_dir:
+    description: State directory of local machines.
+    type: path
+    default: /var/lib/sdcloud
+    env:
+      - name: SDCLOUD_STATE_DIR
+  static_hosts:
+    description:
+      - Hosts you already have (a home GPU box, a RunPod or vast.ai pod), reached over SSH.
+      - Each item has C(name), C(address), and optionally C(user) (default C(root)), C(port) (22),
+        C(ssh_private_key_file), C(gpu), C(deployment) (default I(deployment)).
+    type: list
+    elements: dict
+    default: []
+  gcp_project:
+    description: GCP project to list (needed for C(gcp)).
+    type: str
+    env:
+      - name: GOOGLE_CLOUD_PROJECT
+      - name: CLOUDSDK_CORE_PROJECT
+  gcp_endpoint:
+    description: Compute Engine API endpoint (a private endpoint, or a test stand-in).
+    type: str
+    env:
+      - name: SDCLOUD_GCP_ENDPOINT
+  aws_regions:
+    description: AWS regions to list (needed for C(aws)).
+    type: list
+    elements: str
+    default: []
+    env:
+      - name: SDCLOUD_AWS_REGIONS
+  aws_endpoint:
+    description: EC2 API endpoint (a private endpoint, or a test stand-in).
+    type: str
+    env:
+      - name: AWS_ENDPOINT_URL
+"""
+
+EXAMPLES = r"""
+# inventory/sdcloud.yml
+plugin: sdcloud
+deployment: sdcloud
+providers: [local, static, gcp, aws]
+gcp_project: my-project
+aws_regions: [us-east-1, us-west-2]
+static_hosts:
+  - name: homebox
+    address: 192.0.2.10
+    user: ubuntu
+    gpu: nvidia-rtx-4090
+keyed_groups:
+  - key: sdcloud_instance.zone
+    prefix: zone
+"""
+
+import os
+import re
+
+import ansible.module_utils
+from ansible.errors import AnsibleParserError
+from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.utils.display import Display
+
+_MU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
+if _MU not in ansible.module_utils.__path__:
+    ansible.module_utils.__path__.append(_MU)
+
+from ansible.module_utils.sdcloud.base import LABEL_DEPLOYMENT, Instance, SdcloudError  # noqa: E402
+
+display = Display()
+NO_HOSTKEY_CHECK = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
+KNOWN_PROVIDERS = ("local", "static", "gcp", "aws")
+
+
+def _safe(name):
+    return re.sub(r"[^A-Za-z0-9_]", "_", str(name))
+
+
+class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
+    NAME = "sdcloud"
+
+    def verify_file(self, path):
+        return super().verify_file(path) and path.endswith(("sdcloud.yml", "sdcloud.yaml"))
+
+    # -- listing, one function per provider; each returns (Instance, hostvars) pairs ----------
+    def _local(self):
+        from ansible.module_utils.sdcloud import nspawn
+
+        net = nspawn.Network(net=self.get_option("local_net"), state_root=self.get_option("local_state_dir"))
+        out = []
+        for m in net.machines():
+            info = m.info()
+            inst = Instance(name=m.name, provider="local", id=info.get("uuid", ""), zone="local", region="local",
+                            state=info["state"], machine_type="systemd-nspawn", public_ip=info.get("address"),
+                            private_ip=info.get("address"), labels=info.get("labels", {}), created=info.get("created"),
+                            hourly_price=0.0, ssh_user=info.get("ssh_user", "root"), image="debian-12")
+            hv = {"ansible_ssh_common_args": NO_HOSTKEY_CHECK,
+                  "sdcloud_operator_cidrs": ["%s/32" % net.gateway],
+                  "sdcloud_local_proxy": info.get("proxy")}
+            if info.get("ssh_private_key_file"):
+                hv["ansible_ssh_private_key_file"] = info["ssh_private_key_file"]
+            out.append((inst, hv))
+        return out
+
+    def _static(self):
+        out = []
+        for i, h in enumerate(self.get_option("static_hosts") or []):
+            if not isinstance(h, dict) or not h.get("name") or not h.get("address"):
+                raise AnsibleParserError("static_hosts[%d] needs at least name and address, got %r" % (i, h))
+            deployment = h.get("deployment") or self.get_option("deployment")
+            inst = Instance(name=h["name"], provider="static", id=h["name"], zone="static", region="static",
+                            state="running", gpu=h.get("gpu"), public_ip=h["address"], ssh_user=h.get("user", "root"),
+                            labels={LABEL_DEPLOYMENT: deployment}, hourly_price=h.get("hourly_price"))
+            hv = {"ansible_port": int(h.get("port", 22))}
+            if h.get("ssh_private_key_file"):
+                hv["ansible_ssh_private_key_file"] = h["ssh_private_key_file"]
+            out.append((inst, hv))
+        return out
+
+    def _gcp(self):
+        from ansible.module_utils.sdcloud import gcp
+
+        project = self.get_option("gcp_project")
+        if not project:
+            raise SdcloudError("provider gcp is listed but no project is set: set gcp_project in inventory/sdcloud.yml "
+                               "or GOOGLE_CLOUD_PROJECT")
+        return [(i, {}) for i in gcp.list_instances(project, endpoint=self.get_option("gcp_endpoint"))]
+
+    def _aws(self):
+        from ansible.module_utils.sdcloud import aws, clients
+
+        regions = self.get_option("aws_regions")
+        if isinstance(regions, str):
+            regions = [r.strip() for r in regions.split(",") if r.strip()]
+        if not regions:
+            raise SdcloudError("provider aws is listed but no region is set: set aws_regions in inventory/sdcloud.yml "
+                               "or SDCLOUD_AWS_REGIONS")
+        out = []
+        for region in regions:
+            client = clients.aws_client("ec2", region, endpoint_url=self.get_option("aws_endpoint"))
+            out.extend((i, {}) for i in aws.list_instances(client))
+        return out
+
+    def _fetch(self):
+        providers = self.get_option("providers")
+        if isinstance(providers, str):
+            providers = [p.strip() for p in providers.split(",") if p.strip()]
+        unknown = sorted(set(providers) - set(KNOWN_PROVIDERS))
+        if unknown:
+            raise AnsibleParserError("unknown provider(s) %s in providers: use %s" % (unknown, list(KNOWN_PROVIDERS)))
+        hosts = []
+        for p in providers:
+            try:
+                for inst, hv in getattr(self, "_" + p)():
+                    hosts.append({"instance": inst.to_dict(), "hostvars": hv})
+            except SdcloudError as e:
+                # one unreachable cloud must not hide the others' machines
+                display.warning("sdcloud inventory: cannot list %s machines: %s" % (p, e.msg))
+        return hosts
+
+    def parse(self, inventory, loader, path, cache=True):
+        super().parse(inventory, loader, path, cache)
+        self._read_config_data(path)
+        cache_key = self.get_cache_key(path)
+        use_cache = self.get_option("cache") and cache
+        hosts = None
+        if use_cache:
+            try:
+                hosts = self._cache[cache_key]
+            except KeyError:
+                hosts = None
+        if hosts is None:
+            hosts = self._fetch()
+            if self.get_option("cache"):
+                self._cache[cache_key] = hosts
+        self._populate(hosts)
+
+    def _populate(self, hosts):
+        deployment = self.get_option("deployment")
+        inv = self.inventory
+        inv.add_group("sdcloud_machines")
+        inv.add_group("sdcloud_target")
+        inv.set_variable("all", "sdcloud_name", deployment)
+        strict = self.get_option("strict")
+        for h in hosts:
+            inst = h["instance"]
+            name = inst["name"]
+            inv.add_host(name, group="sdcloud_machines")
+            dep = inst["labels"].get(LABEL_DEPLOYMENT) or ""
+            groups = ["provider_" + inst["provider"], "state_" + inst["state"]]
+            if dep:
+                groups.append("deployment_" + _safe(dep))
+            if inst.get("gpu"):
+                groups.append("gpu_" + _safe(inst["gpu"]))
+            if dep == deployment and inst["state"] == "running":
+                groups.append("sdcloud_target")
+            for g in groups:
+                inv.add_group(g)
+                inv.add_host(name, group=g)
+            hv = {"ansible_host": inst.get("public_ip") or inst.get("private_ip"),
+                  "ansible_user": inst.get("ssh_user") or "root",
+                  "sdcloud_provider": inst["provider"],
+                  "sdcloud_state": inst["state"],
+                  "sdcloud_instance": inst}
+            hv.update(h["hostvars"])
+            for k, v in hv.items():
+                if v is not None:
+                    inv.set_variable(name, k, v)
+            all_vars = inv.get_host(name).get_vars()
+            self._set_composite_vars(self.get_option("compose"), all_vars, name, strict=strict)
+            self._add_host_to_composed_groups(self.get_option("groups"), all_vars, name, strict=strict)
+            self._add_host_to_keyed_groups(self.get_option("keyed_groups"), all_vars, name, strict=strict)
