@@ -139,7 +139,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                             private_ip=info.get("address"), labels=info.get("labels", {}), created=info.get("created"),
                             hourly_price=0.0, ssh_user=info.get("ssh_user", "root"), image="debian-12")
             hv = {"ansible_ssh_common_args": NO_HOSTKEY_CHECK,
-                  "sdcloud_operator_cidrs": ["%s/32" % net.gateway],
+                  "sdcloud_operator_cidrs": [f"{net.gateway}/32"],
                   "sdcloud_local_proxy": info.get("proxy")}
             if info.get("ssh_private_key_file"):
                 hv["ansible_ssh_private_key_file"] = info["ssh_private_key_file"]
@@ -191,7 +191,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             providers = [p.strip() for p in providers.split(",") if p.strip()]
         unknown = sorted(set(providers) - set(KNOWN_PROVIDERS))
         if unknown:
-            raise AnsibleParserError("unknown provider(s) %s in providers: use %s" % (unknown, list(KNOWN_PROVIDERS)))
+            raise AnsibleParserError(f"unknown provider(s) {unknown} in providers: use {list(KNOWN_PROVIDERS)}")
         hosts = []
         for p in providers:
             try:
@@ -199,7 +199,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                     hosts.append({"instance": inst.to_dict(), "hostvars": hv})
             except SdcloudError as e:
                 # one unreachable cloud must not hide the others' machines
-                display.warning("sdcloud inventory: cannot list %s machines: %s" % (p, e.msg))
+                display.warning(f"sdcloud inventory: cannot list {p} machines: {e.msg}")
         return hosts
 
     def parse(self, inventory, loader, path, cache=True):

@@ -160,12 +160,12 @@ def main():
         if want == "running":
             if not machine.exists():
                 if not p["ssh_public_key"]:
-                    module.fail_json(msg="machine %s does not exist: ssh_public_key is required to create it" % p["name"])
+                    module.fail_json(msg="machine {} does not exist: ssh_public_key is required to create it".format(p["name"]))
                 machine.create(p["ssh_public_key"], labels=p["labels"], ssh_private_key_file=p["ssh_private_key_file"])
             machine.start(timeout=p["wait_timeout"])
         elif want == "stopped":
             if not machine.exists():
-                module.fail_json(msg="machine %s does not exist, so it cannot be stopped: run provision.yml first" % p["name"])
+                module.fail_json(msg="machine {} does not exist, so it cannot be stopped: run provision.yml first".format(p["name"]))
             machine.stop(timeout=p["wait_timeout"])
         else:
             machine.destroy()

@@ -67,7 +67,7 @@ class MachineError(Exception):
 
 
 def _run(cmd, check=True, **kw):
-    res = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    res = subprocess.run(cmd, capture_output=True, text=True, check=False, **kw)
     if check and res.returncode != 0:
         raise MachineError("command failed (%d): %s\n%s" % (res.returncode, " ".join(cmd), (res.stderr or res.stdout)[-2000:]))
     return res
@@ -95,11 +95,19 @@ def _lock(path):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
 def missing_packages():
     """Debian packages the machines need that are not installed here."""
     missing = []
     for pkg in PACKAGES:
-        res = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True)
+        res = subprocess.run(["dpkg-query", "-W", "-f=${Status}", pkg], capture_output=True, text=True, check=False)
         if "install ok installed" not in res.stdout:
             missing.append(pkg)
     return missing
@@ -118,7 +126,8 @@ def _mirror():
     """The Debian archive this computer's apt uses (so the machines use the same one)."""
     for path in ("/etc/apt/sources.list.d/debian.sources", "/etc/apt/sources.list"):
         try:
-            text = open(path).read()
+            with open(path) as f:
+                text = f.read()
         except OSError:
             continue
         m = re.search(r"^URIs:\s*(\S+/debian)\s*$", text, re.M) or re.search(r"^deb\s+(?:\[[^]]*\]\s+)?(\S+/debian)\s+bookworm", text, re.M)
@@ -131,7 +140,7 @@ def ensure_base():
     """Build the cached Debian 12 base tree once (~1-2 min); later calls return at once."""
     stamp = os.path.join(BASE_DIR, ".sdcloud-base")
     with _lock(os.path.join(CACHE_DIR, ".base.lock")):
-        if os.path.exists(stamp) and open(stamp).read().strip() == BASE_VERSION:
+        if _read(stamp).strip() == BASE_VERSION:
             return BASE_DIR, False
         if os.getuid() != 0:
             raise MachineError("local machines need root (systemd-nspawn, overlayfs, bridges): run as root")
@@ -143,7 +152,7 @@ def ensure_base():
         # same archive + updates + security, like a cloud image
         sec = mirror.replace("/debian", "/debian-security")
         with open(os.path.join(tmp, "etc/apt/sources.list"), "w") as f:
-            f.write("deb %s %s main\ndeb %s %s-updates main\ndeb %s %s-security main\n" % (mirror, SUITE, mirror, SUITE, sec, SUITE))
+            f.write(f"deb {mirror} {SUITE} main\ndeb {mirror} {SUITE}-updates main\ndeb {sec} {SUITE}-security main\n")
         # per-machine identity is made at create time: no shared host keys or machine-id
         for name in os.listdir(os.path.join(tmp, "etc/ssh")):
             if name.startswith("ssh_host_"):
@@ -175,7 +184,7 @@ class Network:
     def __init__(self, net=None, state_root=None):
         self.net = int(os.environ.get("SDCLOUD_NET", "0") if net is None else net)
         if not 0 <= self.net <= 9:
-            raise MachineError("SDCLOUD_NET must be 0-9, got %r" % self.net)
+            raise MachineError(f"SDCLOUD_NET must be 0-9, got {self.net!r}")
         self.bridge = "sdcloud%d" % self.net
         self.subnet = ipaddress.ip_network("10.87.%d.0/24" % self.net)
         self.gateway = str(self.subnet.network_address + 1)
@@ -195,7 +204,7 @@ class Network:
             return None
 
     def bridge_exists(self):
-        return os.path.exists("/sys/class/net/%s" % self.bridge)
+        return os.path.exists(f"/sys/class/net/{self.bridge}")
 
     def up(self):
         """Create the bridge and start the proxy when they are not there. Returns True if changed."""
@@ -215,11 +224,12 @@ class Network:
                     "Allow %s\nConnectPort 443\nConnectPort 80\nLogLevel Warning\nDisableViaHeader Yes\n"
                     % (PROXY_PORT, self.gateway, self.subnet)
                 )
-            log = open(os.path.join(self.state_dir, "tinyproxy.log"), "ab")
-            proc = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+            log = open(os.path.join(self.state_dir, "tinyproxy.log"), "ab")  # noqa: SIM115 - handed to the daemon
+            proc = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
             with open(self._pidfile("proxy"), "w") as f:
                 f.write(str(proc.pid))
-            _wait_port(self.gateway, PROXY_PORT, 10, "the egress proxy (tinyproxy) on %s" % self.gateway)
+            _wait_port(self.gateway, PROXY_PORT, 10, f"the egress proxy (tinyproxy) on {self.gateway}")
             changed = True
         return changed
 
@@ -251,7 +261,7 @@ class Network:
         if _pid_alive(self._read_pid(what), marker):
             return False
         self.up()
-        log = open(os.path.join(self.state_dir, what + ".log"), "ab")
+        log = open(os.path.join(self.state_dir, what + ".log"), "ab")  # noqa: SIM115 - handed to the daemon
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         with open(self._pidfile(what), "w") as f:
             f.write(str(proc.pid))
@@ -283,7 +293,7 @@ class Network:
         for host in list(self.subnet.hosts())[9:250]:
             if str(host) not in used:
                 return str(host)
-        raise MachineError("no free address left on %s" % self.subnet)
+        raise MachineError(f"no free address left on {self.subnet}")
 
 
 def _wait_port(host, port, timeout, what, banner=False):
@@ -300,7 +310,7 @@ def _wait_port(host, port, timeout, what, banner=False):
         except OSError as e:
             last = e
         time.sleep(0.2)
-    raise MachineError("timed out after %ss waiting for %s (%s:%s): %s" % (timeout, what, host, port, last))
+    raise MachineError(f"timed out after {timeout}s waiting for {what} ({host}:{port}): {last}")
 
 
 def _kill_group(pid, timeout=30):
@@ -326,7 +336,7 @@ def _reap(pid):
 class Machine:
     def __init__(self, network, name):
         if not NAME_RE.match(name):
-            raise MachineError("invalid machine name %r: use lowercase letters, digits and '-', starting with a letter" % name)
+            raise MachineError(f"invalid machine name {name!r}: use lowercase letters, digits and '-', starting with a letter")
         self.network = network
         self.name = name
         self.dir = os.path.join(network.machines_dir, name)
@@ -379,7 +389,7 @@ class Machine:
         os.makedirs(self.dir, exist_ok=True)
         addr = address or net.free_address()
         if ipaddress.ip_address(addr) not in net.subnet:
-            raise MachineError("address %s is not in %s" % (addr, net.subnet))
+            raise MachineError(f"address {addr} is not in {net.subnet}")
         self.meta = {
             "name": self.name,
             "address": addr,
@@ -406,7 +416,7 @@ class Machine:
         if os.path.ismount(self.root):
             return
         _run(["mount", "-t", "overlay", "overlay", "-o",
-              "lowerdir=%s,upperdir=%s,workdir=%s" % (BASE_DIR, os.path.join(self.dir, "upper"), os.path.join(self.dir, "work")),
+              "lowerdir={},upperdir={},workdir={}".format(BASE_DIR, os.path.join(self.dir, "upper"), os.path.join(self.dir, "work")),
               self.root])
 
     def _umount(self):
@@ -423,20 +433,19 @@ class Machine:
     def _personalize(self, ssh_public_key):
         net, m = self.network, self.meta
         self._write("/etc/hostname", self.name + "\n")
-        self._write("/etc/hosts", "127.0.0.1 localhost\n127.0.1.1 %s\n::1 localhost ip6-localhost\n" % self.name)
+        self._write("/etc/hosts", f"127.0.0.1 localhost\n127.0.1.1 {self.name}\n::1 localhost ip6-localhost\n")
         self._write("/etc/machine-id", m["uuid"] + "\n", 0o444)
         self._write("/etc/systemd/network/10-sdcloud-host0.network",
                     "[Match]\nName=host0\n\n[Network]\nAddress=%s/%d\nLinkLocalAddressing=no\nIPv6AcceptRA=no\n"
                     % (m["address"], net.subnet.prefixlen))
-        self._write("/etc/resolv.conf", "# no DNS: egress only through the proxy %s\n" % net.proxy_url)
+        self._write("/etc/resolv.conf", f"# no DNS: egress only through the proxy {net.proxy_url}\n")
         # egress: only through the proxy on the bridge (apt, pip, git over https)
         self._write("/etc/apt/apt.conf.d/90sdcloud-proxy",
-                    'Acquire::http::Proxy "%s";\nAcquire::https::Proxy "%s";\n' % (net.proxy_url, net.proxy_url))
-        self._write("/etc/pip.conf", "[global]\nproxy = %s\ncert = /etc/ssl/certs/ca-certificates.crt\n" % net.proxy_url)
-        no_proxy = "localhost,127.0.0.1,%s" % net.subnet
+                    f'Acquire::http::Proxy "{net.proxy_url}";\nAcquire::https::Proxy "{net.proxy_url}";\n')
+        self._write("/etc/pip.conf", f"[global]\nproxy = {net.proxy_url}\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+        no_proxy = f"localhost,127.0.0.1,{net.subnet}"
         self._write("/etc/environment",
-                    "http_proxy=%s\nhttps_proxy=%s\nHTTP_PROXY=%s\nHTTPS_PROXY=%s\nno_proxy=%s\nNO_PROXY=%s\n"
-                    % (net.proxy_url, net.proxy_url, net.proxy_url, net.proxy_url, no_proxy, no_proxy))
+                    f"http_proxy={net.proxy_url}\nhttps_proxy={net.proxy_url}\nHTTP_PROXY={net.proxy_url}\nHTTPS_PROXY={net.proxy_url}\nno_proxy={no_proxy}\nNO_PROXY={no_proxy}\n")
         self._write("/root/.ssh/authorized_keys", ssh_public_key.strip() + "\n", 0o600)
         os.chmod(os.path.join(self.root, "root/.ssh"), 0o700)
         _run(["ssh-keygen", "-A", "-f", self.root])
@@ -444,7 +453,7 @@ class Machine:
     def start(self, timeout=60):
         """Boot the machine and wait until its sshd answers. Returns True if it was not running."""
         if not self.exists():
-            raise MachineError("machine %s does not exist" % self.name)
+            raise MachineError(f"machine {self.name} does not exist")
         if self.running():
             return False
         net = self.network
@@ -457,16 +466,16 @@ class Machine:
         argv = [self.supervisor, "-D", self.root, "-M", m["unit"], "-b", "--register=no", "--keep-unit",
                 "--network-bridge=" + net.bridge, "--resolv-conf=off", "--timezone=off", "--link-journal=no",
                 "--uuid=" + m["uuid"], "--console=read-only", "--hostname=" + self.name]
-        log = open(os.path.join(self.dir, "console.log"), "ab")
+        log = open(os.path.join(self.dir, "console.log"), "ab")  # noqa: SIM115 - handed to the machine
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         m["pid"] = proc.pid
         m["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._save()
         try:
-            _wait_port(m["address"], 22, timeout, "sshd in machine %s" % self.name, banner=True)
+            _wait_port(m["address"], 22, timeout, f"sshd in machine {self.name}", banner=True)
         except MachineError:
             if not _pid_alive(proc.pid):
-                raise MachineError("machine %s exited while booting; its console log:\n%s" % (self.name, self.console_tail())) from None
+                raise MachineError(f"machine {self.name} exited while booting; its console log:\n{self.console_tail()}") from None
             raise
         return True
 

@@ -1,0 +1,925 @@
+"""The GCP (Compute Engine) backend: gpu_instance, cloud_firewall and cloud_resources call it.
+
+What it does, and the choices behind it:
+- Instances are found by labels (sdcloud-managed=true, sdcloud-deployment=<name>) through
+  instances.aggregatedList, in every zone: a deployment is found wherever it was placed.
+  STOPPING and TERMINATED (GCE's word for "stopped") instances are returned with their state,
+  never raised on (google.cloud's gcp_compute inventory fails on STOPPING, google.cloud #724).
+- create_instance walks the zone preference list. A zone is skipped without a call that changes
+  anything when its acceleratorTypes list lacks the GPU (N1 + T4) or its machineTypes lacks the
+  machine type (g2/a2/a3 carry their GPUs). A zone that answers ZONE_RESOURCE_POOL_EXHAUSTED[_WITH_DETAILS],
+  UNSUPPORTED_OPERATION or "does not have enough resources" is recorded as an attempt and the next zone
+  is tried (https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-resource-availability).
+  QUOTA_EXCEEDED blocks the whole region (quotas are regional; GPUS_ALL_REGIONS blocks everything);
+  the error names the quota metric, the region and how to raise it.
+- Spot: provisioningModel SPOT, instanceTerminationAction STOP (the disk survives a preemption),
+  onHostMaintenance TERMINATE, automaticRestart false. On-demand: onHostMaintenance TERMINATE (GPUs
+  cannot live-migrate), automaticRestart true. spot_fallback "on-demand" retries the zones on-demand.
+- Images are resolved at run time from a family (images.getFromFamily), so a run always gets the
+  newest image of the family; the chosen image self-link is stored in instance metadata "sdcloud-image".
+- Every wait uses the operations' `wait` method in a loop bounded by a deadline; an operation that
+  ends with `error` raises even when httpErrorStatusCode is missing (see notes/clouds.md).
+- Firewall rules have no labels in the Compute Engine API. Ownership is encoded twice: the rule
+  name is `sdcloud-<deployment>-ingress` and the description starts with the marker
+  `sdcloud-managed=true sdcloud-deployment=<deployment>`. The sweep trusts only rules that carry the
+  marker (a name prefix alone is ambiguous: "sdcloud-demo-" is also a prefix of "sdcloud-demo-2-...").
+  User labels cannot be stored on a rule and are ignored there.
+- Every google.api_core / google.auth exception becomes SdcloudError with a message naming the fix.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import time
+import uuid
+
+from ansible.module_utils.sdcloud import catalog, errors
+from ansible.module_utils.sdcloud.base import (
+    ATTEMPT_CREATED,
+    ATTEMPT_FAILED,
+    ATTEMPT_SKIPPED,
+    DELETE_ORDER,
+    KIND_ADDRESS,
+    KIND_DISK,
+    KIND_FIREWALL,
+    KIND_INSTANCE,
+    LABEL_DEPLOYMENT,
+    LABEL_MANAGED,
+    PENDING,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    Attempt,
+    Backend,
+    Firewall,
+    FirewallSpec,
+    Instance,
+    InstanceSpec,
+    Resource,
+    SdcloudError,
+    managed_labels,
+)
+from ansible.module_utils.sdcloud.clients import HAS_GCP, gcp_clients
+
+if HAS_GCP:
+    import google.auth.exceptions
+    import requests.exceptions
+    from google.api_core import exceptions as gexc
+    from google.cloud import compute_v1
+else:  # pragma: no cover - the modules report the missing SDK before building a backend
+    gexc = compute_v1 = None
+
+PROVIDER = "gcp"
+POLL_INTERVAL = 2.0  # seconds between instance reads while waiting for a state (tests lower it)
+OP_WAIT_SLICE = 60.0  # longest single operations.wait call; the API itself returns after ~2 minutes
+SET_LABELS_TRIES = 3
+
+# Error codes (operation error.errors[].code, or reason of a direct HTTP error) meaning "this zone
+# cannot place it now, try another": see the module docstring for the sources.
+CAPACITY_CODES = frozenset({
+    "ZONE_RESOURCE_POOL_EXHAUSTED", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", "UNSUPPORTED_OPERATION",
+    "REGION_RESOURCE_POOL_EXHAUSTED", "insufficientCapacity",
+})
+CAPACITY_TEXT = "does not have enough resources"
+QUOTA_CODES = frozenset({"QUOTA_EXCEEDED", "quotaExceeded"})
+THROTTLE_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded", "RATE_LIMIT_EXCEEDED"})
+API_DISABLED_REASONS = frozenset({"accessNotConfigured", "SERVICE_DISABLED"})
+
+FIREWALL_SUFFIX = "-ingress"
+MARKER_RE = re.compile(r"^sdcloud-managed=true sdcloud-deployment=([a-z0-9_-]+)(?:\s|$)")
+QUOTA_RE = re.compile(r"Quota '([A-Z0-9_]+)' exceeded\.\s+Limit: ([0-9.]+)(?: in region ([a-z0-9-]+)| globally)?")
+
+# GCE instance status -> neutral state (https://cloud.google.com/compute/docs/instances/instance-life-cycle).
+_STATES = {
+    "PROVISIONING": PENDING, "STAGING": PENDING, "RUNNING": RUNNING, "REPAIRING": PENDING,
+    "STOPPING": STOPPING, "SUSPENDING": STOPPING, "SUSPENDED": STOPPED, "TERMINATED": STOPPED,
+    "STOPPED": STOPPED,
+}
+
+CREDENTIALS_FIX = ("run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS "
+                   "(or `credentials_file`) to a service account key file")
+
+
+# --------------------------------------------------------------------------------------------
+# Naming helpers
+
+
+def network_tag(name: str) -> str:
+    """The network tag on the deployment's instance; its firewall rule targets it."""
+    return f"sdcloud-{name}"
+
+
+def firewall_name(name: str) -> str:
+    return f"sdcloud-{name}{FIREWALL_SUFFIX}"
+
+
+def firewall_marker(name: str) -> str:
+    return f"{LABEL_MANAGED}=true {LABEL_DEPLOYMENT}={name}"
+
+
+def zone_region(zone: str) -> str:
+    """us-central1-a -> us-central1 (GCE zone names are <region>-<letter>)."""
+    return zone.rsplit("-", 1)[0] if zone.count("-") >= 2 else zone
+
+
+def _last(url: str) -> str:
+    return (url or "").rstrip("/").rsplit("/", 1)[-1]
+
+
+def _sorted_cidrs(ranges) -> list:
+    """CIDRs in address order (as cloud_firewall sorts them), so equal sets compare equal."""
+    def key(cidr):
+        try:
+            return (0, ipaddress.ip_network(cidr, strict=False).network_address, cidr)
+        except ValueError:
+            return (1, ipaddress.ip_address("0.0.0.0"), cidr)
+    return sorted(ranges, key=key)
+
+
+def label_filter(deployment: str | None = None) -> str:
+    """A list filter for sdcloud's labels (GCE filter syntax: parenthesised expressions, AND)."""
+    expr = f'(labels.{LABEL_MANAGED} = "true")'
+    if deployment:
+        expr += f' AND (labels.{LABEL_DEPLOYMENT} = "{deployment}")'
+    return expr
+
+
+# --------------------------------------------------------------------------------------------
+# Error mapping
+
+
+def _reasons(exc) -> set:
+    """Every code/reason an api_core exception carries: operation errors (proto Errors with .code),
+    direct HTTP errors (dicts with "reason"), and the google.rpc.ErrorInfo reason."""
+    out = set()
+    for err in getattr(exc, "errors", None) or ():
+        if isinstance(err, dict):
+            out.update(v for v in (err.get("reason"), err.get("code")) if isinstance(v, str))
+        else:
+            code = getattr(err, "code", None)
+            if isinstance(code, str) and code:
+                out.add(code)
+    reason = getattr(exc, "reason", None)
+    if reason:
+        out.add(reason)
+    return out
+
+
+def _message(exc) -> str:
+    return getattr(exc, "message", None) or str(exc)
+
+
+def quota_info(source) -> dict:
+    """{metric, limit, region, quota_id} from a QUOTA_EXCEEDED error: errorDetails.quotaInfo first, then
+    the message text "Quota 'X' exceeded.  Limit: N in region R." (or "... globally.").
+    `source`: an api_core exception or a list of operation Errors."""
+    errs = source if isinstance(source, list | tuple) else (getattr(source, "errors", None) or ())
+    info: dict = {}
+    texts = []
+    for err in errs:
+        for det in getattr(err, "error_details", None) or ():
+            qi = getattr(det, "quota_info", None)
+            if qi and qi.metric_name and "metric" not in info:
+                info["metric"] = qi.metric_name.rsplit("/", 1)[-1].upper()
+                info["quota_id"] = qi.limit_name or None
+                info["limit"] = qi.limit
+                info["region"] = dict(qi.dimensions).get("region")
+        msg = err.get("message") if isinstance(err, dict) else getattr(err, "message", None)
+        if msg:
+            texts.append(msg)
+    if not isinstance(source, list | tuple):
+        texts.append(_message(source))
+    for text in texts:
+        m = QUOTA_RE.search(text or "")
+        if m:
+            info.setdefault("metric", m.group(1))
+            info.setdefault("limit", float(m.group(2)))
+            info.setdefault("region", m.group(3))
+            break
+    return info
+
+
+def quota_help(project: str, metric: str, region: str | None, quota_id: str | None = None,
+               need: int | None = None) -> str:
+    """How to raise a Compute Engine quota: console URL and the gcloud command."""
+    quota_id = quota_id or (metric.replace("_", "-") + ("-per-project" if not region else "-per-project-region"))
+    dims = f" --dimensions=region={region}" if region else ""
+    want = need or 1
+    return (f"request more at https://console.cloud.google.com/iam-admin/quotas?project={project} (filter on "
+            f"{metric}{', region ' + region if region else ''}) or run `gcloud quotas preferences create "
+            f"--service=compute.googleapis.com --project={project} --quota-id={quota_id} "
+            f"--preferred-value={want}{dims}`")
+
+
+def gcp_error(exc, doing: str, project: str, where: str | None = None) -> SdcloudError:
+    """Map any google.api_core / google.auth / transport exception raised while `doing` to SdcloudError."""
+    at = f" in {where}" if where else ""
+    if isinstance(exc, SdcloudError):
+        return exc
+    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+        return SdcloudError(f"no GCP credentials found while {doing}: {CREDENTIALS_FIX}", code="NoCredentials")
+    if isinstance(exc, google.auth.exceptions.RefreshError):
+        return SdcloudError(f"GCP credentials were refused while {doing} ({exc}): they expired or were revoked; "
+                            f"{CREDENTIALS_FIX}", code="RefreshError")
+    if isinstance(exc, requests.exceptions.RequestException):
+        return SdcloudError(f"cannot reach the Compute Engine API while {doing} ({exc}): check the network, a "
+                            "proxy, or the endpoint override (`endpoint` / SDCLOUD_GCP_ENDPOINT)",
+                            code="EndpointConnection")
+    if not isinstance(exc, gexc.GoogleAPICallError):
+        return SdcloudError(f"unexpected error while {doing}{at}: {exc}", code=type(exc).__name__)
+    reasons = _reasons(exc)
+    msg = _message(exc)
+    code = next(iter(sorted(reasons)), None) or type(exc).__name__
+    if isinstance(exc, gexc.Unauthorized):
+        fix = f"the credentials were not accepted: {CREDENTIALS_FIX}"
+        code = "UNAUTHENTICATED"
+    elif reasons & API_DISABLED_REASONS or "has not been used in project" in msg:
+        fix = (f"enable the Compute Engine API: https://console.cloud.google.com/apis/library/compute.googleapis.com"
+               f"?project={project} or `gcloud services enable compute.googleapis.com --project {project}`, "
+               "wait a minute, re-run")
+        code = "SERVICE_DISABLED"
+    elif reasons & QUOTA_CODES:
+        q = quota_info(exc)
+        fix = quota_help(project, q.get("metric", "the quota named above"), q.get("region"), q.get("quota_id"))
+        code = "QUOTA_EXCEEDED"
+    elif reasons & THROTTLE_REASONS or isinstance(exc, gexc.TooManyRequests):
+        fix = "the API rate limit was hit even after retries: wait a minute and re-run, or run fewer plays at once"
+    elif "resourceInUseByAnotherResource" in reasons:
+        fix = "it is still in use by the resource named in the message: delete that one first, or re-run in a minute"
+    elif isinstance(exc, gexc.Forbidden):
+        fix = ("the account lacks permission: grant it roles/compute.instanceAdmin.v1 and "
+               f"roles/compute.securityAdmin on project {project} (or use other credentials: {CREDENTIALS_FIX})")
+    elif isinstance(exc, gexc.NotFound) and (f"'projects/{project}'" in msg or msg.endswith(f"projects/{project}")):
+        fix = (f"GCP project {project!r} does not exist or is not visible to these credentials: check `project` "
+               "(the project ID, not its name; `gcloud projects list`)")
+        code = "PROJECT_NOT_FOUND"
+    elif isinstance(exc, gexc.NotFound):
+        fix = "it does not exist (deleted already, or another zone/project?): check `zones`/`project` and re-run"
+    elif isinstance(exc, gexc.Conflict):
+        fix = "it exists already (created by an earlier run?): re-run to pick it up"
+    elif isinstance(exc, gexc.PreconditionFailed):
+        fix = "it changed while sdcloud updated it: re-run"
+    elif isinstance(exc, gexc.BadRequest):
+        fix = "Compute Engine rejected the request: see its message; fix the value it names"
+    elif isinstance(exc, gexc.ServerError):
+        fix = "Compute Engine had an internal error: re-run in a few minutes"
+    else:
+        fix = "see the message from Compute Engine"
+    return SdcloudError(f"GCP {code} while {doing}{at}: {msg} -- {fix}", code=code, status=exc.code)
+
+
+def _retryable_read(exc) -> bool:
+    if not isinstance(exc, gexc.GoogleAPICallError):
+        return False
+    return (isinstance(exc, gexc.TooManyRequests | gexc.ServiceUnavailable | gexc.InternalServerError
+                       | gexc.BadGateway | gexc.GatewayTimeout)
+            or bool(_reasons(exc) & THROTTLE_REASONS)) and not (_reasons(exc) & (CAPACITY_CODES | QUOTA_CODES))
+
+
+def _retryable_write(exc) -> bool:
+    """A mutation is retried only when the API refused it before doing anything (rate limits)."""
+    return isinstance(exc, gexc.GoogleAPICallError) and (
+        isinstance(exc, gexc.TooManyRequests) or bool(_reasons(exc) & THROTTLE_REASONS))
+
+
+class _OperationFailed(Exception):
+    """An operation ended DONE with error; `errors` are the proto Errors (code, message, error_details)."""
+
+    def __init__(self, op):
+        self.op = op
+        self.errors = list(op.error.errors)
+        self.codes = {e.code for e in self.errors if e.code}
+        self.text = "; ".join(f"{e.code}: {e.message}" for e in self.errors) or op.http_error_message
+        self.message = self.text
+        super().__init__(self.text)
+
+
+# --------------------------------------------------------------------------------------------
+
+
+class GcpBackend(Backend):
+    provider = PROVIDER
+
+    def __init__(self, project: str, zones=None, endpoint: str | None = None, credentials_file: str | None = None,
+                 clients=None):
+        self.project = project
+        self.zones = list(zones or [])
+        self.endpoint = endpoint
+        self.gc = clients or gcp_clients(project, endpoint=endpoint, credentials_file=credentials_file)
+        self._offer_cache: dict = {}
+
+    @classmethod
+    def from_params(cls, params: dict) -> GcpBackend:
+        project = params.get("project")
+        if not project:
+            raise SdcloudError("provider gcp needs `project` (the GCP project ID), or GOOGLE_CLOUD_PROJECT / "
+                               "CLOUDSDK_CORE_PROJECT in the environment")
+        return cls(project, zones=params.get("zones") or [], endpoint=params.get("endpoint"),
+                   credentials_file=params.get("credentials_file"))
+
+    # ---- thin call wrappers -----------------------------------------------------------------
+    def _read(self, fn, doing: str, where: str | None = None):
+        """A call that changes nothing: retried on throttling and transient server errors."""
+        try:
+            return errors.retry(fn, is_retryable=_retryable_read)
+        except Exception as exc:
+            raise gcp_error(exc, doing, self.project, where) from exc
+
+    def _write(self, fn, doing: str, where: str | None = None):
+        """A call that changes something: retried only on rate limits; returns the compute.Operation."""
+        try:
+            return errors.retry(fn, is_retryable=_retryable_write)
+        except Exception as exc:
+            raise gcp_error(exc, doing, self.project, where) from exc
+
+    def _wait_op(self, op, what: str, deadline: float, timeout: int):
+        """Wait for `op` (a compute.Operation) to be DONE, until `deadline` (time.monotonic()).
+        Raises _OperationFailed when it ended with an error, SdcloudError on timeout."""
+        done = compute_v1.Operation.Status.DONE
+        while op.status != done:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise SdcloudError(
+                    f"timed out after {timeout}s waiting for {what} (operation {op.name} is "
+                    f"{compute_v1.Operation.Status(op.status).name}); it may still finish: re-run to pick it "
+                    "up, or raise wait_timeout", code="Timeout", operation=op.name)
+            seconds = max(1.0, min(OP_WAIT_SLICE, remaining))
+            op = self._read(lambda op=op, t=seconds: self._wait_call(op, t), f"waiting for {what}")
+        if (op.error and op.error.errors) or op.http_error_status_code >= 400:
+            raise _OperationFailed(op)
+        return op
+
+    def _wait_call(self, op, seconds: float):
+        """One operations.wait call on the operation's scope (zone, region or global)."""
+        if op.zone:
+            return self.gc.zone_operations.wait(project=self.project, zone=_last(op.zone), operation=op.name,
+                                                timeout=seconds + 10)
+        if op.region:
+            return self.gc.region_operations.wait(project=self.project, region=_last(op.region),
+                                                  operation=op.name, timeout=seconds + 10)
+        return self.gc.global_operations.wait(project=self.project, operation=op.name, timeout=seconds + 10)
+
+    def _op(self, call, what: str, deadline: float, timeout: int, where: str | None = None):
+        """Start a mutation and wait for it; operation errors become SdcloudError."""
+        op = self._write(call, what, where)
+        try:
+            return self._wait_op(op, what, deadline, timeout)
+        except _OperationFailed as failed:
+            raise self._op_error(failed, what, where) from failed
+
+    def _op_error(self, failed: _OperationFailed, what: str, where: str | None) -> SdcloudError:
+        at = f" in {where}" if where else ""
+        if failed.codes & QUOTA_CODES:
+            q = quota_info(failed.errors)
+            return SdcloudError(f"GCP QUOTA_EXCEEDED while {what}{at}: {failed.text} -- "
+                                + quota_help(self.project, q.get("metric", "?"), q.get("region"), q.get("quota_id")),
+                                code="QUOTA_EXCEEDED")
+        code = next(iter(sorted(failed.codes)), "OPERATION_FAILED")
+        return SdcloudError(f"GCP {code} while {what}{at}: {failed.text} -- see the message from Compute Engine; "
+                            "re-run once it is fixed", code=code)
+
+    # ---- reading instances ------------------------------------------------------------------
+    def _aggregated_instances(self, deployment: str | None = None) -> list:
+        request = compute_v1.AggregatedListInstancesRequest(project=self.project, filter=label_filter(deployment))
+        pages = self._read(lambda: list(self.gc.instances.aggregated_list(request=request)),
+                           "listing instances (instances.aggregatedList)")
+        return [inst for _scope, scoped in pages for inst in scoped.instances]
+
+    def _to_instance(self, gi) -> Instance:
+        zone = _last(gi.zone)
+        mt = _last(gi.machine_type)
+        accel = _last(gi.guest_accelerators[0].accelerator_type) if gi.guest_accelerators else None
+        offer = catalog.find_offering(PROVIDER, mt, accel)
+        sched = gi.scheduling
+        spot = sched.provisioning_model == "SPOT" or bool(sched.preemptible)
+        nic = gi.network_interfaces[0] if gi.network_interfaces else None
+        public_ip = None
+        if nic is not None:
+            public_ip = next((ac.nat_i_p for ac in nic.access_configs if ac.nat_i_p), None)
+        meta = {item.key: item.value for item in gi.metadata.items}
+        ssh_user = None
+        if meta.get("ssh-keys"):
+            ssh_user = meta["ssh-keys"].splitlines()[0].split(":", 1)[0] or None
+        boot = next((d for d in gi.disks if d.boot), None)
+        return Instance(
+            name=gi.name, provider=PROVIDER, id=str(gi.id), zone=zone, region=zone_region(zone),
+            state=_STATES.get(gi.status, PENDING), gpu=offer.gpu if offer else None, machine_type=mt, spot=spot,
+            public_ip=public_ip, private_ip=(nic.network_i_p or None) if nic is not None else None,
+            labels=dict(gi.labels), created=gi.creation_timestamp or None,
+            hourly_price=offer.hourly(spot) if offer else None, ssh_user=ssh_user,
+            image=meta.get("sdcloud-image"),
+            disk_size_gb=int(boot.disk_size_gb) if boot and boot.disk_size_gb else None,
+        )
+
+    def find_instance(self, name: str) -> Instance | None:
+        found = [self._to_instance(gi) for gi in self._aggregated_instances(name)]
+        if len(found) > 1:
+            where = ", ".join(f"{i.name} in {i.zone}" for i in found)
+            raise SdcloudError(f"more than one instance is labelled {LABEL_DEPLOYMENT}={name}: {where} -- delete "
+                               "the extra ones (gcloud compute instances delete NAME --zone ZONE) or relabel them",
+                               code="Ambiguous")
+        return found[0] if found else None
+
+    def list_instances(self, deployment: str | None = None) -> list:
+        found = [self._to_instance(gi) for gi in self._aggregated_instances(deployment)]
+        if self.zones:
+            found = [i for i in found if i.zone in self.zones or i.region in self.zones]
+        return sorted(found, key=lambda i: (i.name, i.zone))
+
+    def _get(self, zone: str, name: str):
+        return self._read(lambda: self.gc.instances.get(project=self.project, zone=zone, instance=name),
+                          f"reading instance {name}", zone)
+
+    def _wait_state(self, zone: str, name: str, statuses: tuple, *, want_ip: bool, what: str, deadline: float,
+                    timeout: int):
+        while True:
+            gi = self._get(zone, name)
+            has_ip = any(ac.nat_i_p for nic in gi.network_interfaces for ac in nic.access_configs)
+            if gi.status in statuses and (has_ip or not want_ip):
+                return gi
+            if time.monotonic() >= deadline:
+                raise SdcloudError(f"timed out after {timeout}s waiting for {what} (instance {name} in {zone} is "
+                                   f"{gi.status}{'' if has_ip or not want_ip else ', no public IP yet'}); re-run "
+                                   "to pick it up, or raise wait_timeout", code="Timeout")
+            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+    # ---- zone offerings and images ----------------------------------------------------------
+    def _zone_offers(self, zone: str, offer: catalog.Offering) -> str | None:
+        """None when `zone` offers the machine type (and the GPU to attach), else why not."""
+        key = (zone, offer.machine_type, offer.accelerator_type)
+        if key in self._offer_cache:
+            return self._offer_cache[key]
+        why = None
+        try:
+            errors.retry(lambda: self.gc.machine_types.get(project=self.project, zone=zone,
+                                                           machine_type=offer.machine_type),
+                         is_retryable=_retryable_read)
+        except gexc.NotFound:
+            why = f"zone {zone} does not offer machine type {offer.machine_type}"
+        except gexc.BadRequest as exc:
+            if "zone" not in _message(exc).lower():
+                raise gcp_error(exc, f"reading machine type {offer.machine_type}", self.project, zone) from exc
+            why = f"zone {zone} is not a Compute Engine zone (`gcloud compute zones list`)"
+        except Exception as exc:
+            raise gcp_error(exc, f"reading machine type {offer.machine_type}", self.project, zone) from exc
+        if why is None and offer.accelerator_type:
+            request = compute_v1.ListAcceleratorTypesRequest(project=self.project, zone=zone)
+            names = self._read(lambda: [a.name for a in self.gc.accelerator_types.list(request=request)],
+                               "listing accelerator types", zone)
+            if offer.accelerator_type not in names:
+                why = f"zone {zone} does not offer GPU {offer.accelerator_type}"
+        self._offer_cache[key] = why
+        return why
+
+    def resolve_image(self, spec: InstanceSpec) -> str:
+        """The source image self-link for spec (explicit image, or the newest image of a family)."""
+        if spec.image:
+            image = spec.image
+            if "/" not in image:
+                image = f"projects/{self.project}/global/images/{image}"
+            m = re.search(r"projects/([^/]+)/global/images/(family/)?([^/]+)$", image)
+            if not m:
+                raise SdcloudError(f"image {spec.image!r} is not an image name or projects/P/global/images/NAME "
+                                   "(or .../images/family/FAMILY): fix `image`", code="BadImage")
+            proj, is_family, name = m.groups()
+            if is_family:
+                return self._from_family(proj, name)
+            img = self._read(lambda: self.gc.images.get(project=proj, image=name), f"reading image {image}")
+            return img.self_link
+        family = spec.image_family or catalog.GCP_DEFAULT_IMAGE
+        if family in catalog.GCP_IMAGES:
+            proj, family = catalog.GCP_IMAGES[family]
+        elif "/" in family:
+            proj, family = family.split("/", 1)
+        else:
+            proj = next((p for p, f in catalog.GCP_IMAGES.values() if f == family), self.project)
+        return self._from_family(proj, family)
+
+    def _from_family(self, proj: str, family: str) -> str:
+        try:
+            img = errors.retry(lambda: self.gc.images.get_from_family(project=proj, family=family),
+                               is_retryable=_retryable_read)
+        except gexc.NotFound as exc:
+            raise SdcloudError(
+                f"image family {family!r} not found in project {proj!r}: check `image_family` (list families with "
+                f"`gcloud compute images list --project {proj} --no-standard-images --format='value(family)'`)",
+                code="ImageNotFound") from exc
+        except Exception as exc:
+            raise gcp_error(exc, f"resolving image family {proj}/{family}", self.project) from exc
+        return img.self_link
+
+    # ---- create -------------------------------------------------------------------------------
+    def plan_create(self, spec: InstanceSpec) -> dict:
+        offer = catalog.offering(PROVIDER, spec.gpu)
+        zones = self._zones_for(spec)
+        offered = [z for z in zones if self._zone_offers(z, offer) is None]
+        return {
+            "machine_type": offer.machine_type, "gpu": spec.gpu, "zones": offered, "spot": spec.spot,
+            "image": self.resolve_image(spec), "hourly_price": offer.hourly(spec.spot),
+            "disk_size_gb": spec.disk_size_gb, "spot_fallback": spec.spot_fallback,
+            "skipped_zones": {z: self._zone_offers(z, offer) for z in zones if z not in offered},
+        }
+
+    def _zones_for(self, spec: InstanceSpec) -> list:
+        zones = list(spec.zones or self.zones)
+        if not zones:
+            raise SdcloudError("no zones given: set `zones` to a preference list such as "
+                               "[us-central1-a, us-central1-b, us-east1-c]", code="NoZones")
+        bad = [z for z in zones if z.count("-") < 2]
+        if bad:
+            raise SdcloudError(f"GCP needs zones, not regions: {', '.join(bad)} -- use e.g. {bad[0]}-a, {bad[0]}-b",
+                               code="BadZone")
+        return zones
+
+    def instance_body(self, spec: InstanceSpec, zone: str, spot: bool, image: str):
+        """The compute_v1.Instance to insert for spec in zone."""
+        offer = catalog.offering(PROVIDER, spec.gpu)
+        labels = managed_labels(spec.name, spec.labels)
+        if spot:
+            scheduling = compute_v1.Scheduling(provisioning_model="SPOT", instance_termination_action="STOP",
+                                               on_host_maintenance="TERMINATE", automatic_restart=False)
+        else:
+            scheduling = compute_v1.Scheduling(provisioning_model="STANDARD", on_host_maintenance="TERMINATE",
+                                               automatic_restart=True)
+        items = [compute_v1.Items(key="sdcloud-image", value=image)]
+        if spec.ssh_public_key:
+            items.append(compute_v1.Items(key="ssh-keys", value=f"{spec.ssh_user}:{spec.ssh_public_key.strip()}"))
+        body = compute_v1.Instance(
+            name=spec.name,
+            machine_type=f"zones/{zone}/machineTypes/{offer.machine_type}",
+            labels=labels,
+            tags=compute_v1.Tags(items=[network_tag(spec.name)]),
+            scheduling=scheduling,
+            metadata=compute_v1.Metadata(items=items),
+            disks=[compute_v1.AttachedDisk(
+                boot=True, auto_delete=True, type_="PERSISTENT",
+                initialize_params=compute_v1.AttachedDiskInitializeParams(
+                    disk_name=spec.name, source_image=image, disk_size_gb=int(spec.disk_size_gb),
+                    disk_type=f"zones/{zone}/diskTypes/{offer.disk_type or 'pd-balanced'}", labels=labels))],
+            network_interfaces=[compute_v1.NetworkInterface(
+                network="global/networks/default",
+                access_configs=[compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT",
+                                                        network_tier="PREMIUM")])],
+        )
+        if offer.accelerator_type:
+            body.guest_accelerators = [compute_v1.AcceleratorConfig(
+                accelerator_type=f"zones/{zone}/acceleratorTypes/{offer.accelerator_type}",
+                accelerator_count=offer.gpu_count)]
+        return body
+
+    def create_instance(self, spec: InstanceSpec, wait_timeout: int) -> tuple:
+        offer = catalog.offering(PROVIDER, spec.gpu)
+        zones = self._zones_for(spec)
+        deadline = time.monotonic() + wait_timeout
+        image = self.resolve_image(spec)
+        attempts: list = []
+        quota_msgs: list = []
+        modes = [spec.spot]
+        if spec.spot and spec.spot_fallback == "on-demand":
+            modes.append(False)
+        for spot in modes:
+            blocked: dict = {}  # region (or "*" for all) -> reason, for this provisioning model
+            for zone in zones:
+                region = zone_region(zone)
+                why = self._zone_offers(zone, offer)
+                if why:
+                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, why))
+                    continue
+                block = blocked.get("*") or blocked.get(region)
+                if block:
+                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, block, "QUOTA_EXCEEDED"))
+                    continue
+                refused = self._try_zone(spec, zone, spot, image=image, deadline=deadline, timeout=wait_timeout)
+                if refused is None:
+                    attempts.append(Attempt(zone, spot, ATTEMPT_CREATED))
+                    what = f"instance {spec.name} to run in {zone} with a public IP"
+                    gi = self._wait_state(zone, spec.name, ("RUNNING",), want_ip=True, what=what, deadline=deadline,
+                                          timeout=wait_timeout)
+                    return self._to_instance(gi), attempts
+                code, reason, quota = refused
+                attempts.append(Attempt(zone, spot, ATTEMPT_FAILED, reason, code))
+                if quota is not None:
+                    scope = "*" if not quota.get("region") else quota["region"]
+                    where = "in every region" if scope == "*" else f"in {scope}"
+                    blocked[scope if scope == "*" else region] = f"quota {quota.get('metric', '?')} exhausted {where}"
+                    quota_msgs.append(quota_help(self.project, quota.get("metric", "?"), quota.get("region"),
+                                                 quota.get("quota_id"), offer.gpu_count))
+        raise SdcloudError(self._summary(spec, offer, attempts, quota_msgs), code="NoCapacity",
+                           attempts=[a.to_dict() for a in attempts])
+
+    def _try_zone(self, spec: InstanceSpec, zone: str, spot: bool, *, image: str, deadline: float, timeout: int):
+        """Insert in one zone and wait for the operation. None on success; (code, reason, quota|None)
+        when the zone refused for capacity or quota; SdcloudError for anything else."""
+        body = self.instance_body(spec, zone, spot, image)
+        model = "spot" if spot else "on-demand"
+        what = f"creating {model} instance {spec.name} ({body.machine_type.rsplit('/', 1)[-1]})"
+        request_id = str(uuid.uuid4())  # makes a retried insert idempotent on the API side
+        try:
+            request = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
+                                                       request_id=request_id)
+            op = errors.retry(lambda: self.gc.instances.insert_unary(request=request), is_retryable=_retryable_write)
+            self._wait_op(op, what, deadline, timeout)
+            return None
+        except _OperationFailed as failed:
+            refused = self._classify(failed.codes, failed.text, failed.errors)
+            if refused is None:
+                raise self._op_error(failed, what, zone) from failed
+        except gexc.GoogleAPICallError as exc:
+            refused = self._classify(_reasons(exc), _message(exc), exc)
+            if refused is None:
+                raise gcp_error(exc, what, self.project, zone) from exc
+        except SdcloudError:
+            raise
+        except Exception as exc:
+            raise gcp_error(exc, what, self.project, zone) from exc
+        self._cleanup_failed(spec.name, zone, deadline, timeout)
+        return refused
+
+    @staticmethod
+    def _classify(codes: set, text: str, source):
+        if codes & QUOTA_CODES:
+            q = quota_info(source)
+            return "QUOTA_EXCEEDED", text, q
+        if codes & CAPACITY_CODES or CAPACITY_TEXT in (text or ""):
+            code = next(iter(sorted(codes & CAPACITY_CODES)), "ZONE_RESOURCE_POOL_EXHAUSTED")
+            return code, text, None
+        return None
+
+    def _cleanup_failed(self, name: str, zone: str, deadline: float, timeout: int):
+        """After a refused insert nothing should remain; remove a half-created instance or boot disk."""
+        try:
+            gi = self.gc.instances.get(project=self.project, zone=zone, instance=name)
+        except gexc.NotFound:
+            gi = None
+        except Exception as exc:
+            raise gcp_error(exc, f"checking for a half-created instance {name}", self.project, zone) from exc
+        if gi is not None and gi.labels.get(LABEL_MANAGED) == "true":
+            self._op(lambda: self.gc.instances.delete_unary(project=self.project, zone=zone, instance=name),
+                     f"deleting half-created instance {name}", deadline, timeout, zone)
+        try:
+            disk = self.gc.disks.get(project=self.project, zone=zone, disk=name)
+        except gexc.NotFound:
+            return
+        except Exception as exc:
+            raise gcp_error(exc, f"checking for a left-over disk {name}", self.project, zone) from exc
+        if disk.labels.get(LABEL_MANAGED) == "true" and not disk.users:
+            self._op(lambda: self.gc.disks.delete_unary(project=self.project, zone=zone, disk=name),
+                     f"deleting left-over boot disk {name}", deadline, timeout, zone)
+
+    def _summary(self, spec, offer, attempts: list, quota_msgs: list) -> str:
+        tried = "; ".join(
+            f"{a.zone} ({'spot' if a.spot else 'on-demand'}): {a.result}" + (f" - {a.reason}" if a.reason else "")
+            for a in attempts)
+        msg = f"could not create {spec.gpu} instance {spec.name} ({offer.machine_type}) in any zone. Tried: {tried}."
+        if quota_msgs:
+            msg += " Quota: " + " | ".join(dict.fromkeys(quota_msgs)) + "."
+        if any(a.result == ATTEMPT_FAILED and a.code != "QUOTA_EXCEEDED" for a in attempts):
+            msg += " No capacity: add more zones to `zones`"
+            msg += ", or set spot_fallback: on-demand." if spec.spot and spec.spot_fallback != "on-demand" else "."
+        if all(a.result == ATTEMPT_SKIPPED and not a.code for a in attempts):
+            msg += f" None of the zones offers {offer.accelerator_type or offer.machine_type}: choose other zones."
+        return msg
+
+    # ---- start / stop / delete ----------------------------------------------------------------
+    def start_instance(self, instance: Instance, wait_timeout: int) -> Instance:
+        deadline = time.monotonic() + wait_timeout
+        zone, name = instance.zone, instance.name
+        gi = self._get(zone, name)
+        if gi.status == "STOPPING":
+            gi = self._wait_state(zone, name, ("TERMINATED", "STOPPED"), want_ip=False,
+                                  what=f"instance {name} to finish stopping before starting it", deadline=deadline,
+                                  timeout=wait_timeout)
+        if gi.status not in ("RUNNING", "PROVISIONING", "STAGING", "REPAIRING"):  # those become RUNNING by themselves
+            what = f"starting instance {name}"
+            op = self._write(lambda: self.gc.instances.start_unary(project=self.project, zone=zone, instance=name),
+                             what, zone)
+            try:
+                self._wait_op(op, what, deadline, wait_timeout)
+            except _OperationFailed as failed:
+                if self._classify(failed.codes, failed.text, failed.errors):
+                    raise SdcloudError(
+                        f"zone {zone} has no capacity to start {name} right now ({failed.text}): re-run later, or "
+                        "delete it (state: absent; the boot disk goes with it) and create it again in other zones",
+                        code=next(iter(sorted(failed.codes)), "NoCapacity")) from failed
+                raise self._op_error(failed, what, zone) from failed
+        gi = self._wait_state(zone, name, ("RUNNING",), want_ip=True, what=f"instance {name} to run with a public IP",
+                              deadline=deadline, timeout=wait_timeout)
+        return self._to_instance(gi)
+
+    def stop_instance(self, instance: Instance, wait_timeout: int) -> Instance:
+        deadline = time.monotonic() + wait_timeout
+        zone, name = instance.zone, instance.name
+        gi = self._get(zone, name)
+        if gi.status not in ("TERMINATED", "STOPPED", "STOPPING"):
+            self._op(lambda: self.gc.instances.stop_unary(project=self.project, zone=zone, instance=name),
+                     f"stopping instance {name}", deadline, wait_timeout, zone)
+        gi = self._wait_state(zone, name, ("TERMINATED", "STOPPED"), want_ip=False, what=f"instance {name} to stop",
+                              deadline=deadline, timeout=wait_timeout)
+        return self._to_instance(gi)
+
+    def delete_instance(self, instance: Instance, wait_timeout: int) -> None:
+        deadline = time.monotonic() + wait_timeout
+        zone, name = instance.zone, instance.name
+        try:
+            gi = self.gc.instances.get(project=self.project, zone=zone, instance=name)
+        except gexc.NotFound:
+            return
+        except Exception as exc:
+            raise gcp_error(exc, f"reading instance {name}", self.project, zone) from exc
+        disks = [_last(d.source) for d in gi.disks]
+        self._delete_instance_op(zone, name, deadline, wait_timeout)
+        for disk in disks:  # autoDelete disks are gone already; a kept one is deleted here
+            self._delete_disk_if_present(zone, disk, deadline, wait_timeout)
+
+    def _delete_instance_op(self, zone: str, name: str, deadline: float, timeout: int):
+        try:
+            self._op(lambda: self.gc.instances.delete_unary(project=self.project, zone=zone, instance=name),
+                     f"deleting instance {name}", deadline, timeout, zone)
+        except SdcloudError as err:
+            if err.details.get("status") != 404:
+                raise
+
+    def _delete_disk_if_present(self, zone: str, disk: str, deadline: float, timeout: int):
+        try:
+            self._op(lambda: self.gc.disks.delete_unary(project=self.project, zone=zone, disk=disk),
+                     f"deleting disk {disk}", deadline, timeout, zone)
+        except SdcloudError as err:
+            if err.details.get("status") != 404:
+                raise
+
+    def delete_instance_extras(self, name: str, wait_timeout: int) -> list:
+        """Boot disks of the deployment left unattached by a half-failed create."""
+        deadline = time.monotonic() + wait_timeout
+        leftovers = [r for r in self._list_disks(name) if r.state == "unattached"]
+        for res in leftovers:
+            self._delete_disk_if_present(res.location, res.id, deadline, wait_timeout)
+        return leftovers
+
+    def set_labels(self, instance: Instance, labels: dict, wait_timeout: int) -> Instance:
+        """Make the instance's labels equal to managed_labels(deployment, labels) (fingerprinted update)."""
+        deadline = time.monotonic() + wait_timeout
+        deployment = instance.labels.get(LABEL_DEPLOYMENT) or instance.name
+        wanted = managed_labels(deployment, labels)
+        for attempt in range(SET_LABELS_TRIES):
+            gi = self._get(instance.zone, instance.name)
+            if dict(gi.labels) == wanted:
+                return self._to_instance(gi)
+            req = compute_v1.InstancesSetLabelsRequest(labels=wanted, label_fingerprint=gi.label_fingerprint)
+            try:
+                self._op(lambda req=req: self.gc.instances.set_labels_unary(
+                    project=self.project, zone=instance.zone, instance=instance.name,
+                    instances_set_labels_request_resource=req),
+                    f"setting labels on {instance.name}", deadline, wait_timeout, instance.zone)
+            except SdcloudError as err:
+                if err.details.get("status") == 412 and attempt < SET_LABELS_TRIES - 1:
+                    continue  # someone changed the labels meanwhile: re-read the fingerprint
+                raise
+            return self._to_instance(self._get(instance.zone, instance.name))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # ---- firewall -------------------------------------------------------------------------------
+    def _to_firewall(self, fw) -> Firewall:
+        m = MARKER_RE.match(fw.description or "")
+        labels = {LABEL_MANAGED: "true", LABEL_DEPLOYMENT: m.group(1)} if m else {}
+        ports, exact = set(), True
+        for rule in fw.allowed:
+            if rule.I_p_protocol != "tcp" or not rule.ports:
+                exact = False
+                continue
+            for p in rule.ports:
+                if p.isdigit():
+                    ports.add(int(p))
+                else:
+                    exact = False
+        if fw.denied or fw.direction not in ("", "INGRESS"):
+            exact = False
+        if m and list(fw.target_tags) != [network_tag(m.group(1))]:
+            exact = False
+        return Firewall(name=fw.name, provider=PROVIDER, id=str(fw.id), ports=sorted(ports),
+                        source_ranges=_sorted_cidrs(fw.source_ranges), region=None, labels=labels, exact=exact)
+
+    def get_firewall(self, name: str) -> Firewall | None:
+        try:
+            fw = errors.retry(lambda: self.gc.firewalls.get(project=self.project, firewall=firewall_name(name)),
+                              is_retryable=_retryable_read)
+        except gexc.NotFound:
+            return None
+        except Exception as exc:
+            raise gcp_error(exc, f"reading firewall rule {firewall_name(name)}", self.project) from exc
+        if not MARKER_RE.match(fw.description or ""):
+            raise SdcloudError(f"firewall rule {fw.name} exists but was not made by sdcloud (its description lacks "
+                               f"'{firewall_marker(name)}'): rename the deployment or delete that rule",
+                               code="NotManaged")
+        return self._to_firewall(fw)
+
+    def _firewall_body(self, spec: FirewallSpec):
+        return compute_v1.Firewall(
+            name=firewall_name(spec.name),
+            description=f"{firewall_marker(spec.name)} -- managed by sdcloud (cloud_firewall); edits are reverted",
+            network="global/networks/default", direction="INGRESS", priority=1000,
+            allowed=[compute_v1.Allowed(I_p_protocol="tcp", ports=[str(p) for p in sorted(spec.ports)])],
+            source_ranges=_sorted_cidrs(spec.source_ranges), target_tags=[network_tag(spec.name)])
+
+    def create_firewall(self, spec: FirewallSpec, wait_timeout: int = 300) -> Firewall:
+        deadline = time.monotonic() + wait_timeout
+        body = self._firewall_body(spec)
+        self._op(lambda: self.gc.firewalls.insert_unary(project=self.project, firewall_resource=body),
+                 f"creating firewall rule {body.name}", deadline, wait_timeout)
+        return self.get_firewall(spec.name)
+
+    def update_firewall(self, current: Firewall, spec: FirewallSpec, wait_timeout: int = 300) -> Firewall:
+        deadline = time.monotonic() + wait_timeout
+        body = self._firewall_body(spec)
+        patch = compute_v1.Firewall(description=body.description, allowed=body.allowed,
+                                    source_ranges=body.source_ranges, target_tags=body.target_tags)
+        self._op(lambda: self.gc.firewalls.patch_unary(project=self.project, firewall=current.name,
+                                                       firewall_resource=patch),
+                 f"updating firewall rule {current.name}", deadline, wait_timeout)
+        return self.get_firewall(spec.name)
+
+    def delete_firewall(self, current: Firewall, wait_timeout: int = 300) -> None:
+        deadline = time.monotonic() + wait_timeout
+        try:
+            self._op(lambda: self.gc.firewalls.delete_unary(project=self.project, firewall=current.name),
+                     f"deleting firewall rule {current.name}", deadline, wait_timeout)
+        except SdcloudError as err:
+            if err.details.get("status") != 404:
+                raise
+
+    # ---- sweep ----------------------------------------------------------------------------------
+    def _list_disks(self, deployment: str | None) -> list:
+        request = compute_v1.AggregatedListDisksRequest(project=self.project, filter=label_filter(deployment))
+        pages = self._read(lambda: list(self.gc.disks.aggregated_list(request=request)),
+                           "listing disks (disks.aggregatedList)")
+        return [Resource(kind=KIND_DISK, provider=PROVIDER, id=d.name, name=d.name, location=_last(d.zone),
+                         labels=dict(d.labels), state="attached" if d.users else "unattached")
+                for _scope, scoped in pages for d in scoped.disks]
+
+    def list_resources(self, deployment: str | None = None) -> list:
+        # Every zone, whatever `zones` says: teardown must find what an earlier run placed elsewhere.
+        instances = [self._to_instance(gi) for gi in self._aggregated_instances(deployment)]
+        out = [Resource(kind=KIND_INSTANCE, provider=PROVIDER, id=i.name, name=i.name, location=i.zone,
+                        labels=i.labels, state=i.state) for i in instances]
+        out += self._list_disks(deployment)
+        request = compute_v1.AggregatedListAddressesRequest(project=self.project, filter=label_filter(deployment))
+        pages = self._read(lambda: list(self.gc.addresses.aggregated_list(request=request)),
+                           "listing addresses (addresses.aggregatedList)")
+        out += [Resource(kind=KIND_ADDRESS, provider=PROVIDER, id=a.name, name=a.name, location=_last(a.region),
+                         labels=dict(a.labels), state=a.status or None)
+                for _scope, scoped in pages for a in scoped.addresses]
+        fw_request = compute_v1.ListFirewallsRequest(project=self.project, filter='name eq "sdcloud-.*"')
+        rules = self._read(lambda: list(self.gc.firewalls.list(request=fw_request)), "listing firewall rules")
+        for fw in rules:
+            found = self._to_firewall(fw)
+            if not found.labels or (deployment and found.labels.get(LABEL_DEPLOYMENT) != deployment):
+                continue  # not ours (no marker), or another deployment's
+            out.append(Resource(kind=KIND_FIREWALL, provider=PROVIDER, id=fw.name, name=fw.name, location="global",
+                                labels=found.labels, state=None))
+        return out
+
+    def delete_resources(self, resources: list, wait_timeout: int) -> None:
+        deadline = time.monotonic() + wait_timeout
+        for kind in DELETE_ORDER:
+            pending = []
+            for res in (r for r in resources if r.kind == kind):
+                call, what = self._delete_call(res)
+                if call is None:
+                    continue
+                try:
+                    pending.append((self._write(call, what, res.location), what, res))
+                except SdcloudError as err:
+                    if err.details.get("status") != 404:
+                        raise
+            for op, what, res in pending:  # all deletes of a kind run in parallel; wait for each
+                try:
+                    self._wait_op(op, what, deadline, wait_timeout)
+                except _OperationFailed as failed:
+                    raise self._op_error(failed, what, res.location) from failed
+
+    def _delete_call(self, res: Resource):
+        p = self.project
+        if res.kind == KIND_INSTANCE:
+            return (lambda: self.gc.instances.delete_unary(project=p, zone=res.location, instance=res.id),
+                    f"deleting instance {res.id}")
+        if res.kind == KIND_DISK:
+            return (lambda: self.gc.disks.delete_unary(project=p, zone=res.location, disk=res.id),
+                    f"deleting disk {res.id}")
+        if res.kind == KIND_ADDRESS:
+            return (lambda: self.gc.addresses.delete_unary(project=p, region=res.location, address=res.id),
+                    f"deleting address {res.id}")
+        if res.kind == KIND_FIREWALL:
+            return (lambda: self.gc.firewalls.delete_unary(project=p, firewall=res.id),
+                    f"deleting firewall rule {res.id}")
+        return None, None
+
+
+def list_instances(project: str, endpoint: str | None = None, zones=None, deployment: str | None = None,
+                   credentials_file: str | None = None) -> list:
+    """Every sdcloud-managed instance in `project` (stopped ones included, with state "stopped"),
+    optionally only in `zones` (zones or regions) and of one deployment. For the inventory plugin."""
+    backend = GcpBackend(project, zones=zones, endpoint=endpoint, credentials_file=credentials_file)
+    return backend.list_instances(deployment)
+
+
+__all__ = ["GcpBackend", "firewall_name", "gcp_error", "list_instances", "network_tag", "quota_help"]

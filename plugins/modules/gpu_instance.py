@@ -1,0 +1,390 @@
+#!/usr/bin/python
+"""Ansible module: one GPU VM per sdcloud deployment on GCP or AWS."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: gpu_instance
+short_description: Create, start, stop or delete the GPU VM of an sdcloud deployment (GCP or AWS)
+description:
+  - Finds the deployment's instance by its labels/tags (C(sdcloud-managed=true), C(sdcloud-deployment=<name>)),
+    compares it with the wanted O(state) and changes only what differs.
+  - Creation walks the O(zones) preference list on stockout, skips zones that do not offer the machine type,
+    names the quota that blocks it (and how to raise it), and can fall back from spot to on-demand.
+  - Spot instances are created so that preemption stops them and keeps the disk (GCP SPOT with
+    instanceTerminationAction STOP; AWS persistent spot request with interruption behaviour stop).
+  - Check mode returns the plan and changes nothing. Diff mode returns the state before and after.
+version_added: "0.1.0"
+author: sdcloud
+options:
+  provider:
+    description: Which cloud.
+    type: str
+    required: true
+    choices: [gcp, aws]
+  name:
+    description: The deployment name. Also the instance name (GCP) / C(Name) tag (AWS).
+    type: str
+    required: true
+  state:
+    description:
+      - V(present) and V(running) create the instance if missing and start it if stopped, then wait until it runs
+        with a public IP.
+      - V(stopped) stops it and keeps its disk (storage is still billed; the result says how much).
+      - V(absent) deletes the instance and its disk, and on AWS the key pair and security group made for it.
+    type: str
+    default: present
+    choices: [present, running, stopped, absent]
+  gpu:
+    description:
+      - Neutral GPU name, mapped per cloud by the sdcloud catalog, for example V(nvidia-t4), V(nvidia-l4),
+        V(nvidia-a10g) (AWS only), V(nvidia-l40s) (AWS only), V(nvidia-a100), V(nvidia-a100-80gb), V(nvidia-h100).
+      - Required to create an instance.
+    type: str
+  zones:
+    description:
+      - Preference list. GCP, zones (V(us-central1-a)).
+      - AWS, regions and/or availability zones; a region (V(us-east-1)) expands to its available zones in
+        alphabetical order, an availability zone (V(us-east-1b)) is tried as given.
+      - The existing instance is looked up in the regions these name, so keep the list stable for a deployment.
+    type: list
+    elements: str
+    default: []
+  spot:
+    description: Use spot capacity (about a third of the on-demand price; may be preempted, the disk is kept).
+    type: bool
+    default: true
+  spot_fallback:
+    description: What to do when no zone has spot capacity. V(on-demand) retries every zone on-demand.
+    type: str
+    default: none
+    choices: [none, on-demand]
+  disk_size_gb:
+    description: Boot disk size in GB.
+    type: int
+    default: 100
+  image:
+    description:
+      - Image to boot. AWS, an AMI id (V(ami-...)), an alias (V(dlami-ubuntu-22.04) (default),
+        V(dlami-ubuntu-24.04), V(ubuntu-22.04), V(ubuntu-24.04)) or an AMI name filter such as
+        V(my-sd-image-*) (searched among images owned by Amazon, Canonical and your account; newest wins).
+      - GCP, an image self-link, C(projects/<p>/global/images/<name>) or an alias.
+      - Default, the Deep Learning image with the NVIDIA driver (AWS Deep Learning Base OSS Nvidia Driver
+        GPU AMI (Ubuntu 22.04); GCP Deep Learning VM).
+    type: str
+  image_family:
+    description:
+      - GCP, image family, V(project/family) or a family in the default image project.
+      - AWS, treated like O(image) (alias or name filter). Ignored when O(image) is set.
+    type: str
+  ssh_public_key:
+    description: OpenSSH public key line to authorize for O(ssh_user) (AWS, imported as key pair C(sdcloud-<name>)).
+    type: str
+  ssh_user:
+    description: Login user of the image.
+    type: str
+    default: ubuntu
+  labels:
+    description: Extra labels (GCP) / tags (AWS) for every resource created. sdcloud's own keys always win.
+    type: dict
+    default: {}
+  endpoint:
+    description:
+      - API endpoint override (a private endpoint, or a local stand-in in tests).
+      - Defaults to E(SDCLOUD_GCP_ENDPOINT) for GCP and E(AWS_ENDPOINT_URL) for AWS when set.
+    type: str
+  project:
+    description: GCP project id. Required for GCP.
+    type: str
+  credentials_file:
+    description: GCP service account JSON key file; unset, application default credentials are used.
+    type: path
+  profile:
+    description: AWS profile name; unset, the default credential chain is used.
+    type: str
+  wait_timeout:
+    description: Seconds to wait for the instance to reach the wanted state; the error says what it waited for.
+    type: int
+    default: 600
+notes:
+  - Supports check mode (returns the plan) and diff mode.
+  - Prices in the result come from the sdcloud catalog (a dated snapshot), not from the cloud's billing.
+requirements:
+  - boto3 (provider aws)
+  - google-cloud-compute (provider gcp)
+"""
+
+EXAMPLES = r"""
+- name: Create (or start) a spot L4 on AWS, trying two zones then the rest of us-west-2
+  gpu_instance:
+    provider: aws
+    name: sd1
+    gpu: nvidia-l4
+    zones: [us-east-1b, us-east-1c, us-west-2]
+    spot: true
+    spot_fallback: on-demand
+    ssh_public_key: "{{ lookup('ansible.builtin.file', '~/.ssh/id_ed25519.pub') }}"
+  register: gpu_instance_result
+
+- name: Show how to connect
+  ansible.builtin.debug:
+    msg: "ssh {{ gpu_instance_result.instance.ssh_user }}@{{ gpu_instance_result.instance.public_ip }}"
+
+- name: Create a T4 on GCP
+  gpu_instance:
+    provider: gcp
+    project: my-project
+    name: sd1
+    gpu: nvidia-t4
+    zones: [us-central1-a, us-central1-b]
+
+- name: Stop it, keeping the disk
+  gpu_instance:
+    provider: aws
+    name: sd1
+    zones: [us-east-1b, us-east-1c, us-west-2]
+    state: stopped
+
+- name: Delete it
+  gpu_instance:
+    provider: aws
+    name: sd1
+    zones: [us-east-1b, us-east-1c, us-west-2]
+    state: absent
+"""
+
+RETURN = r"""
+instance:
+  description: The instance after the change (null when absent or in check mode before creation).
+  returned: always
+  type: dict
+  contains:
+    name: {description: Deployment name., type: str}
+    provider: {description: gcp or aws., type: str}
+    id: {description: Cloud instance id., type: str}
+    zone: {description: Zone it runs in., type: str}
+    region: {description: Its region., type: str}
+    state: {description: "running, stopped, pending, stopping or terminated.", type: str}
+    gpu: {description: Neutral GPU name., type: str}
+    machine_type: {description: Machine / instance type., type: str}
+    spot: {description: Whether it is a spot instance., type: bool}
+    public_ip: {description: Public IPv4 (changes on every start)., type: str}
+    private_ip: {description: Private IPv4., type: str}
+    labels: {description: Its labels / tags., type: dict}
+    created: {description: Creation time (RFC 3339)., type: str}
+    hourly_price: {description: Catalog price in USD per hour (spot or on-demand)., type: float}
+    ssh_user: {description: Login user., type: str}
+    image: {description: Image it booted from., type: str}
+    disk_size_gb: {description: Boot disk size in GB., type: int}
+attempts:
+  description: Zones tried while creating, in order, with the outcome and why a zone failed or was skipped.
+  returned: always
+  type: list
+  elements: dict
+  sample:
+    - {zone: us-east-1a, spot: true, result: failed, code: InsufficientInstanceCapacity, reason: "We currently ..."}
+    - {zone: us-east-1e, spot: true, result: skipped, code: NotOffered, reason: us-east-1e does not offer g6.xlarge}
+    - {zone: us-east-1b, spot: true, result: created, code: null, reason: null}
+plan:
+  description: In check mode, what would be done (machine type, candidate zones, image, price).
+  returned: check mode
+  type: dict
+disk_monthly_cost:
+  description: USD per month the boot disk costs while the instance is stopped (catalog price).
+  returned: when state is stopped
+  type: float
+msg:
+  description: What was done, in one sentence.
+  returned: always
+  type: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.sdcloud import catalog
+from ansible.module_utils.sdcloud.base import (
+    PENDING,
+    RUNNING,
+    STOPPED,
+    STOPPING,
+    InstanceSpec,
+    SdcloudError,
+    backend_from_params,
+)
+from ansible.module_utils.sdcloud.clients import BOTO3_IMPORT_ERROR, GCP_IMPORT_ERROR, HAS_BOTO3, HAS_GCP
+
+
+def argument_spec() -> dict:
+    return {
+        "provider": {"type": "str", "required": True, "choices": ["gcp", "aws"]},
+        "name": {"type": "str", "required": True},
+        "state": {"type": "str", "default": "present", "choices": ["present", "running", "stopped", "absent"]},
+        "gpu": {"type": "str"},
+        "zones": {"type": "list", "elements": "str", "default": []},
+        "spot": {"type": "bool", "default": True},
+        "spot_fallback": {"type": "str", "default": "none", "choices": ["none", "on-demand"]},
+        "disk_size_gb": {"type": "int", "default": 100},
+        "image": {"type": "str"},
+        "image_family": {"type": "str"},
+        "ssh_public_key": {"type": "str"},
+        "ssh_user": {"type": "str", "default": "ubuntu"},
+        "labels": {"type": "dict", "default": {}},
+        "endpoint": {"type": "str"},
+        "project": {"type": "str", "fallback": (env_fallback, ["GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"])},
+        "credentials_file": {"type": "path"},
+        "profile": {"type": "str", "fallback": (env_fallback, ["AWS_PROFILE"])},
+        "wait_timeout": {"type": "int", "default": 600},
+    }
+
+
+def _summary(inst) -> dict:
+    if inst is None:
+        return {"state": "absent"}
+    return {"state": inst.state, "id": inst.id, "zone": inst.zone, "machine_type": inst.machine_type,
+            "spot": inst.spot, "public_ip": inst.public_ip}
+
+
+def _spec(params) -> InstanceSpec:
+    return InstanceSpec(
+        name=params["name"], gpu=params["gpu"], zones=list(params["zones"]), spot=params["spot"],
+        spot_fallback=params["spot_fallback"], disk_size_gb=params["disk_size_gb"], image=params["image"],
+        image_family=params["image_family"], ssh_public_key=params["ssh_public_key"], ssh_user=params["ssh_user"],
+        labels=dict(params["labels"] or {}),
+    )
+
+
+def _disk_cost(provider, inst, disk_size_gb) -> float:
+    size = inst.disk_size_gb or disk_size_gb
+    disk_type = None
+    if inst.gpu and inst.gpu in catalog.GPUS and provider in catalog.GPUS[inst.gpu]:
+        disk_type = catalog.GPUS[inst.gpu][provider].disk_type
+    return catalog.disk_monthly_price(provider, size, disk_type)
+
+
+def _validate(params) -> None:
+    if params["disk_size_gb"] < 10:
+        raise SdcloudError(f"disk_size_gb={params['disk_size_gb']} is too small: use at least 10 (100 recommended)")
+    if params["wait_timeout"] < 0:
+        raise SdcloudError("wait_timeout must be >= 0 seconds")
+    if params["gpu"]:
+        catalog.offering(params["provider"], params["gpu"])  # raises with the valid names
+
+
+def ensure(module, backend) -> dict:
+    """The module's logic; returns exit_json kwargs. Raises SdcloudError."""
+    p = module.params
+    state, check = p["state"], module.check_mode
+    provider = p["provider"]
+    result = {"changed": False, "instance": None, "attempts": []}
+    found = backend.find_instance(p["name"])
+    before = _summary(found)
+
+    if state in ("present", "running"):
+        if found is None:
+            if not p["gpu"]:
+                raise SdcloudError(f"deployment {p['name']!r} has no instance and `gpu` is not set: set gpu to one "
+                                   f"of {', '.join(catalog.gpu_names(provider))}")
+            if not p["zones"] and provider == "gcp":
+                raise SdcloudError("no zones: set `zones`, e.g. [us-central1-a, us-central1-b]")
+            spec = _spec(p)
+            result["changed"] = True
+            if check:
+                plan = backend.plan_create(spec)
+                result["plan"] = plan
+                zones = ", ".join(plan.get("zones") or []) or "no zone offering it"
+                result["msg"] = (f"would create {plan.get('machine_type')} ({p['gpu']}, "
+                                 f"{'spot' if p['spot'] else 'on-demand'}) trying {zones}")
+                after = {"state": RUNNING, "machine_type": plan.get("machine_type"), "spot": p["spot"]}
+            else:
+                inst, attempts = backend.create_instance(spec, p["wait_timeout"])
+                result.update(instance=inst.to_dict(), attempts=[a.to_dict() for a in attempts])
+                result["msg"] = (f"created {inst.machine_type} ({inst.gpu}, {'spot' if inst.spot else 'on-demand'}) "
+                                 f"in {inst.zone}, ~${inst.hourly_price}/h ({catalog.price_note(provider)})")
+                after = _summary(inst)
+        elif found.state in (STOPPED, STOPPING, PENDING):
+            result["changed"] = found.state != PENDING
+            if check:
+                result["instance"] = found.to_dict()
+                result["msg"] = f"would start {found.id} in {found.zone}" if result["changed"] else \
+                    f"{found.id} is starting"
+                after = dict(before, state=RUNNING)
+            else:
+                inst = backend.start_instance(found, p["wait_timeout"])
+                result["instance"] = inst.to_dict()
+                result["msg"] = f"started {inst.id} in {inst.zone}, ~${inst.hourly_price}/h"
+                after = _summary(inst)
+        else:
+            result["instance"] = found.to_dict()
+            result["msg"] = f"{found.id} is {found.state} in {found.zone}"
+            after = before
+            if p["gpu"] and found.gpu and found.gpu != p["gpu"]:
+                module.warn(f"deployment {p['name']!r} runs {found.gpu} ({found.machine_type}), not {p['gpu']}: "
+                            "to change the GPU, run state=absent then state=present (the disk is deleted)")
+
+    elif state == STOPPED:
+        if found is None:
+            result["msg"] = f"deployment {p['name']!r} has no instance: nothing to stop"
+            after = before
+        else:
+            result["changed"] = found.state != STOPPED
+            if check or not result["changed"]:
+                inst = found
+                after = dict(before, state=STOPPED)
+            else:
+                inst = backend.stop_instance(found, p["wait_timeout"])
+                after = _summary(inst)
+            cost = _disk_cost(provider, inst, p["disk_size_gb"])
+            result["instance"] = inst.to_dict()
+            result["disk_monthly_cost"] = cost
+            verb = "would stop" if check and result["changed"] else ("stopped" if result["changed"] else "is stopped:")
+            result["msg"] = (f"{verb} {inst.id}; the {inst.disk_size_gb or p['disk_size_gb']} GB disk still costs "
+                             f"about ${cost:.2f}/month until state=absent")
+
+    else:  # absent
+        after = {"state": "absent"}
+        if found is not None:
+            result["changed"] = True
+            if not check:
+                backend.delete_instance(found, p["wait_timeout"])
+        if check:
+            result["msg"] = f"would delete {found.id} and its disk" if found else "nothing to delete"
+        else:
+            extras = backend.delete_instance_extras(p["name"], p["wait_timeout"])
+            result["changed"] = result["changed"] or bool(extras)
+            result["deleted"] = ([{"kind": "instance", "id": found.id}] if found else []) + \
+                [{"kind": r.kind, "id": r.id} for r in extras]
+            names = ", ".join(f"{d['kind']} {d['id']}" for d in result["deleted"])
+            result["msg"] = f"deleted {names}" if names else "nothing to delete"
+
+    if module._diff:
+        result["diff"] = {"before": before, "after": after}
+    return result
+
+
+def check_sdk(module) -> None:
+    """fail_json with missing_required_lib when the provider's SDK does not import."""
+    if module.params["provider"] == "aws" and not HAS_BOTO3:
+        module.fail_json(msg=missing_required_lib("boto3"), exception=str(BOTO3_IMPORT_ERROR))
+    if module.params["provider"] == "gcp" and not HAS_GCP:
+        module.fail_json(msg=missing_required_lib("google-cloud-compute"), exception=str(GCP_IMPORT_ERROR))
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=argument_spec(),
+        supports_check_mode=True,
+        required_if=[("provider", "gcp", ["project"])],
+        mutually_exclusive=[("image", "image_family")],
+    )
+    check_sdk(module)
+    try:
+        _validate(module.params)
+        backend = backend_from_params(module.params)
+        result = ensure(module, backend)
+    except SdcloudError as exc:
+        module.fail_json(msg=exc.msg, **exc.details)
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()

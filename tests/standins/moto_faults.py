@@ -1,0 +1,328 @@
+"""TEST STAND-IN: moto (AWS API emulator) in server mode, with fault injection and a request log.
+
+moto never runs out of capacity, never hits a quota and never throttles. This wraps moto's WSGI app
+in a middleware that answers chosen EC2 calls with the error real EC2 sends, in the EC2 XML error
+shape, so the capacity/quota/throttling paths of the AWS backend run for real against botocore.
+
+Control endpoint (JSON):
+  POST   /_faults    {"faults": [{"action": "RunInstances", "zone": "us-east-1a", "market": "spot",
+                                  "code": "InsufficientInstanceCapacity", "count": null}, ...]}
+                     appends faults; each matches Action (+ Placement.AvailabilityZone when `zone`
+                     is given, + market "spot"/"on-demand" when `market` is given); `count` = how many
+                     times it fires (null: always). `status`/`message` override the defaults below.
+  GET    /_faults    the faults with their hit counts;   DELETE /_faults  removes all.
+  GET    /_requests  every EC2 call seen: [{"action", "zone", "market", "faulted"}] (+ "params", the
+                     query parameters, for RunInstances);  DELETE clears.
+  POST   /moto-api/reset  moto's own reset (clears all AWS state).
+
+Run: python tests/standins/moto_faults.py --port 5055   (prints "READY <port>" when listening).
+It sets MOTO_AMIS_PATH (tests/standins/amis.json) and MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION=true
+before moto is imported, unless already set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import pathlib
+import sys
+import threading
+import urllib.parse
+import uuid
+
+HERE = pathlib.Path(__file__).resolve().parent
+
+# HTTP status and message real EC2 sends for each code (EC2 API reference, "Error codes":
+# InsufficientInstanceCapacity/InsufficientHostCapacity are server errors (HTTP 500; botocore's
+# standard mode retries them, hence "reached max retries" in real logs), RequestLimitExceeded is
+# returned as HTTP 503, quota and parameter errors are client errors (HTTP 400).
+DEFAULTS = {
+    "InsufficientInstanceCapacity": (
+        500,
+        "We currently do not have sufficient {itype} capacity in the Availability Zone you requested "
+        "({zone}). Our system will be working on provisioning additional capacity. You can currently get "
+        "{itype} capacity by not specifying an Availability Zone in your request or choosing a different "
+        "Availability Zone.",
+    ),
+    "InsufficientHostCapacity": (500, "There is not enough capacity to fulfill your Dedicated Host request."),
+    "Unsupported": (
+        400,
+        "Your requested instance type ({itype}) is not supported in your requested Availability Zone "
+        "({zone}). Please retry your request by not specifying an Availability Zone or choosing a "
+        "different Availability Zone.",
+    ),
+    "VcpuLimitExceeded": (
+        400,
+        "You have requested more vCPU capacity than your current vCPU limit of 0 allows for the instance "
+        "bucket that the specified instance type belongs to. Please visit http://aws.amazon.com/contact-us/"
+        "ec2-request to request an adjustment to this limit.",
+    ),
+    "MaxSpotInstanceCountExceeded": (400, "Max spot instance count exceeded"),
+    "RequestLimitExceeded": (503, "Request limit exceeded."),
+    "UnauthorizedOperation": (403, "You are not authorized to perform this operation."),
+}
+
+
+def error_xml(code: str, message: str) -> bytes:
+    """The EC2 query-protocol error body (what botocore's ec2 parser reads)."""
+    message = message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+        f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
+    ).encode()
+
+
+class FaultMiddleware:
+    def __init__(self, app):
+        self.app = app
+        self.lock = threading.Lock()
+        self.faults: list = []
+        self.requests: list = []
+
+    # -- control endpoint ---------------------------------------------------------------------
+    def _json(self, start_response, obj, status="200 OK"):
+        body = json.dumps(obj).encode()
+        start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+        return [body]
+
+    def _control(self, environ, start_response, path):
+        method = environ["REQUEST_METHOD"]
+        with self.lock:
+            if path == "/_faults":
+                if method == "POST":
+                    data = json.loads(_read_body(environ) or b"{}")
+                    for f in data.get("faults", []):
+                        if "action" not in f or "code" not in f:
+                            return self._json(start_response, {"error": "fault needs action and code"},
+                                              "400 Bad Request")
+                        self.faults.append(dict(f, hits=0))
+                elif method == "DELETE":
+                    self.faults.clear()
+                return self._json(start_response, {"faults": self.faults})
+            if method == "DELETE":
+                self.requests.clear()
+            return self._json(start_response, {"requests": self.requests})
+
+    # -- EC2 calls ----------------------------------------------------------------------------
+    def _match(self, action, zone, market):
+        for f in self.faults:
+            if f["action"] != action:
+                continue
+            if f.get("zone") and f["zone"] != zone:
+                continue
+            if f.get("market") and f["market"] != market:
+                continue
+            if f.get("count") is not None and f["hits"] >= f["count"]:
+                continue
+            f["hits"] += 1
+            return f
+        return None
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path in ("/_faults", "/_requests"):
+            return self._control(environ, start_response, path)
+        body = _read_body(environ)
+        form = {}
+        if body and environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+            form = dict(urllib.parse.parse_qsl(body.decode("utf-8", "replace")))
+        action = form.get("Action")
+        if not action:
+            return self.app(environ, start_response)
+        zone = form.get("Placement.AvailabilityZone")
+        market = form.get("InstanceMarketOptions.MarketType")
+        if action == "RunInstances":
+            market = market or "on-demand"
+        with self.lock:
+            fault = self._match(action, zone, market)
+            entry = {"action": action, "zone": zone, "market": market, "faulted": fault["code"] if fault else None}
+            if action == "RunInstances":
+                entry["params"] = form  # to assert what was asked (market options, tags, disk)
+            self.requests.append(entry)
+        if fault is None:
+            return self.app(environ, start_response)
+        status, template = DEFAULTS.get(fault["code"], (400, fault["code"]))
+        status = int(fault.get("status") or status)
+        message = fault.get("message") or template.format(itype=form.get("InstanceType", "?"), zone=zone or "?")
+        payload = error_xml(fault["code"], message)
+        reason = {400: "Bad Request", 403: "Forbidden", 500: "Internal Server Error", 503: "Service Unavailable"}
+        start_response(f"{status} {reason.get(status, 'Error')}",
+                       [("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(payload)))])
+        return [payload]
+
+
+def _read_body(environ) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        length = 0
+    body = environ["wsgi.input"].read(length) if length else b""
+    environ["wsgi.input"] = io.BytesIO(body)
+    environ["CONTENT_LENGTH"] = str(len(body))
+    return body
+
+
+def make_app():
+    os.environ.setdefault("MOTO_AMIS_PATH", str(HERE / "amis.json"))
+    os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
+    from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: PLC0415
+
+    return FaultMiddleware(DomainDispatcherApplication(create_backend_app))
+
+
+def serve(host: str = "127.0.0.1", port: int = 0):
+    from moto.moto_server.werkzeug_app import MotoRequestHandler  # noqa: PLC0415
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    app = make_app()
+    server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    print(f"READY {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (printed as READY <port>)")
+    args = parser.parse_args(argv)
+    serve(args.host, args.port)
+
+
+# --- helpers for pytest (one server per test process) -------------------------------------------
+
+
+class Control:
+    """Client for a running server's control endpoint."""
+
+    def __init__(self, url: str):
+        self.url = url
+
+    def _call(self, method: str, path: str, payload=None):
+        import urllib.request  # noqa: PLC0415
+
+        data = json.dumps(payload).encode() if payload is not None else None
+        req = urllib.request.Request(self.url + path, data=data, method=method,
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=10) as resp:
+            body = resp.read()
+        return json.loads(body) if body and body[:1] in (b"{", b"[") else body
+
+    def reset(self):
+        """Clear all AWS state, faults and the request log."""
+        self._call("POST", "/moto-api/reset")
+        self._call("DELETE", "/_faults")
+        self._call("DELETE", "/_requests")
+
+    def fault(self, action: str, code: str, zone: str | None = None, market: str | None = None,
+              count: int | None = None, **extra):
+        self._call("POST", "/_faults", {"faults": [dict(action=action, code=code, zone=zone, market=market,
+                                                        count=count, **extra)]})
+
+    def faults(self) -> list:
+        return self._call("GET", "/_faults")["faults"]
+
+    def requests(self, action: str | None = None) -> list:
+        reqs = self._call("GET", "/_requests")["requests"]
+        return [r for r in reqs if action is None or r["action"] == action]
+
+
+_SHARED = {}
+
+
+def shared_server(timeout: float = 30.0) -> Control:
+    """Start (once per process) this server as a subprocess on a free port; return its Control."""
+    if "control" in _SHARED:
+        return _SHARED["control"]
+    import atexit  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    env = dict(os.environ, MOTO_AMIS_PATH=str(HERE / "amis.json"), MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION="true")
+    proc = subprocess.Popen([sys.executable, str(HERE / "moto_faults.py"), "--port", "0"], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    atexit.register(proc.terminate)
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line.startswith("READY "):
+            break
+        if proc.poll() is not None:
+            raise RuntimeError(f"moto stand-in exited with {proc.returncode}")
+    else:
+        proc.terminate()
+        raise RuntimeError(f"moto stand-in did not start within {timeout}s")
+    control = Control(f"http://127.0.0.1:{int(line.split()[1])}")
+    _SHARED.update(control=control, proc=proc)
+    return control
+
+
+def prepare_aws(monkeypatch) -> Control:
+    """pytest helper: start/reset the shared server, dummy credentials, AWS_ENDPOINT_URL, fast polls."""
+    from ansible.module_utils.sdcloud import aws, clients, errors  # noqa: PLC0415
+
+    ctl = shared_server()
+    ctl.reset()
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", ctl.url)
+    for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(aws, "POLL_INTERVAL", 0.02)
+    monkeypatch.setattr(errors, "RETRY_BASE", 0.01)
+    clients._AWS_SESSIONS.clear()
+    return ctl
+
+
+def load_module(name: str):
+    """Import plugins/modules/<name>.py (the project is not a collection, so it has no package path)."""
+    import importlib.util  # noqa: PLC0415
+
+    path = HERE.parents[1] / "plugins" / "modules" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"sdcloud_module_{name}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class ModuleExit(Exception):
+    def __init__(self, result: dict):
+        super().__init__(result.get("msg"))
+        self.result = result
+
+
+class ModuleFail(ModuleExit):
+    pass
+
+
+def run_module(module_main, args: dict, check: bool = False, diff: bool = False) -> tuple:
+    """Run an Ansible module's main() in-process with `args` (amazon.aws unit test style).
+    Returns (failed, result)."""
+    from unittest import mock  # noqa: PLC0415
+
+    from ansible.module_utils import basic  # noqa: PLC0415
+    from ansible.module_utils.testing import patch_module_args  # noqa: PLC0415
+
+    def exit_json(self, **kwargs):
+        raise ModuleExit(dict(kwargs, failed=False))
+
+    def fail_json(self, msg, **kwargs):
+        raise ModuleFail(dict(kwargs, msg=msg, failed=True))
+
+    full = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
+    with patch_module_args(full), mock.patch.object(basic.AnsibleModule, "exit_json", exit_json), \
+            mock.patch.object(basic.AnsibleModule, "fail_json", fail_json):
+        try:
+            module_main()
+        except ModuleFail as exc:
+            return True, exc.result
+        except ModuleExit as exc:
+            return False, exc.result
+    raise AssertionError("module returned without exit_json/fail_json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
