@@ -1,0 +1,152 @@
+"""End to end on the local provider: provision -> status -> stop -> start -> provision (0 changed) -> teardown.
+
+Runs the real playbooks as a user would, on an isolated bridge (SDCLOUD_NET=7) and deployment name
+(SDCLOUD_NAME=e2e), so it never touches a machine made by `make up`. ComfyUI comes from the
+labelled stand-in repository (tests/e2e/fixture-vars.yml) because GitHub is unreachable here.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import re
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NET = "7"
+NAME = "e2e"
+STATE = pathlib.Path("/var/lib/sdcloud/net" + NET)
+
+pytestmark = [
+    pytest.mark.testhost,
+    pytest.mark.skipif(os.geteuid() != 0, reason="local machines need root (systemd-nspawn)"),
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("e2e")
+    e = dict(os.environ, SDCLOUD_NET=NET, SDCLOUD_NAME=NAME, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+             ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PATH=str(ROOT / ".venv/bin") + ":" + os.environ["PATH"])
+    e["SDCLOUD_TEST_KEY"] = str(tmp / "id_ed25519")
+    repos = tmp / "repos"
+    subprocess.run([sys.executable, str(ROOT / "tests/fixtures/make_repos.py"), str(repos)], check=True, capture_output=True)
+    subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "serve-git", str(repos)], check=True, env=e, capture_output=True)
+    yield e
+    # cleanup that runs even when a step failed: delete the machine, the bridge and what we started
+    subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=e, capture_output=True)
+
+
+def play(env, name, *extra, check=True):
+    cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e/fixture-vars.yml"),
+           "-e", json.dumps({"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"]}), *extra]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    out = res.stdout + res.stderr
+    print(f"--- {name} {' '.join(extra)}: rc={res.returncode} in {time.monotonic() - t0:.1f}s")
+    if check and res.returncode != 0:
+        pytest.fail(f"{name} failed (rc={res.returncode}):\n{out[-6000:]}")
+    return res.returncode, out
+
+
+def machines(env):
+    out = subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True, text=True, check=True)
+    return {m["name"]: m for m in json.loads(out.stdout)}
+
+
+def recap_changed(out):
+    return {h: int(c) for h, c in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def through_tunnel(out):
+    """Run the `ssh -L` command the summary printed (on a free local port) and fetch /system_stats through it."""
+    m = re.search(r"^\s*(ssh -i \S+ -N -L 8188:127\.0\.0\.1:8188 \S+)\s*$", out, re.M)
+    assert m, "the summary must print an ssh -L command:\n" + out[-3000:]
+    port = free_port()
+    cmd = m.group(1).replace("-L 8188:", f"-L {port}:").split()
+    cmd[1:1] = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ExitOnForwardFailure=yes",
+                "-o", "LogLevel=ERROR"]
+    tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=3) as r:
+                    return json.loads(r.read())
+            except OSError:
+                if time.monotonic() > deadline or tunnel.poll() is not None:
+                    raise
+                time.sleep(0.3)
+    finally:
+        tunnel.terminate()
+        tunnel.wait(10)
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    ({"sdcloud_provider": "gcpp"}, "sdcloud_provider is 'gcpp': set it to one of local, static, gcp, aws"),
+    ({"sdcloud_spot": "yes"}, "sdcloud_spot is \"yes\" (str): it must be a YAML boolean"),
+    ({"sdcloud_ssh_cidrs": ["10.0.0.1/8"]}, "sdcloud_ssh_cidrs must be a list of CIDRs"),
+    ({"sdcloud_ssh_cidrs": ["0.0.0.0/0"]}, "would open the machine to everyone"),
+    ({"sdcloud_ui": ["comfy"]}, "sdcloud_ui is ['comfy']: list one or more of comfyui, a1111"),
+])
+def test_bad_input_fails_before_anything_is_created(env, extra, needle):
+    rc, out = play(env, "provision.yml", "-e", json.dumps(extra), check=False)
+    assert rc != 0
+    assert needle in out, out[-3000:]
+    assert NAME not in machines(env)
+
+
+def test_lifecycle(env):
+    # 1. provision: a machine, ComfyUI answering through the tunnel the summary prints
+    _, out = play(env, "provision.yml")
+    assert machines(env)[NAME]["state"] == "running"
+    stats = through_tunnel(out)
+    assert stats["system"]["comfyui_version"] == "0.0.1-fixture"
+
+    # 2. status: the machine and its service
+    _, out = play(env, "status.yml")
+    assert re.search(rf"^\s*{NAME}: running on local", out, re.M), out[-3000:]
+    assert re.search(r"^\s*comfyui: running", out, re.M), out[-3000:]
+
+    # 3. stop: machine off, disk kept
+    play(env, "stop.yml")
+    m = machines(env)[NAME]
+    assert m["state"] == "stopped"
+    assert (STATE / "machines" / NAME / "upper" / "opt/comfyui/app/main.py").exists(), "the disk must survive a stop"
+    _, out = play(env, "status.yml")
+    assert re.search(rf"^\s*{NAME}: stopped on local", out, re.M), out[-3000:]
+
+    # 4. start: back with the same disk
+    _, out = play(env, "start.yml")
+    assert machines(env)[NAME]["state"] == "running"
+    assert through_tunnel(out)["system"]["comfyui_version"] == "0.0.1-fixture"
+
+    # 5. provision again: converged, nothing changes, and it says so
+    _, out = play(env, "provision.yml")
+    changed = recap_changed(out)
+    assert changed and all(v == 0 for v in changed.values()), changed
+    assert "sdcloud: 0 changed tasks" in out
+
+    # 6. teardown: nothing left - no machine, no overlay, no bridge, no process we started
+    _, out = play(env, "teardown.yml")
+    assert f"nothing of {NAME} is left" in out
+    assert NAME not in machines(env)
+    assert not (STATE / "machines" / NAME).exists()
+    assert str(STATE) not in pathlib.Path("/proc/mounts").read_text()
+    assert not pathlib.Path("/sys/class/net/sdcloud" + NET).exists()
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True).stdout
+    stray = [ln for ln in ps.splitlines() if str(STATE) in ln or f"10.87.{NET}." in ln]
+    assert not stray, "stray processes:\n" + "\n".join(stray)
