@@ -6,6 +6,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 export ANSIBLE_CONFIG="$PWD/ansible.cfg" PY_COLORS=0 ANSIBLE_FORCE_COLOR=0 ANSIBLE_NOCOLOR=1
 export PATH="$PWD/.venv/bin:$PATH"
+# Test hosts live on their own bridge (10.87.8.0/24), away from a machine `make up` made on net 0.
+export SDCLOUD_NET="${SDCLOUD_NET:-8}"
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(lint molecule pytest)
 declare -a report
