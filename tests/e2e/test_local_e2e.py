@@ -41,14 +41,14 @@ def env(tmp_path_factory):
     subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "serve-git", str(repos)], check=True, env=e, capture_output=True)
     yield e
     # cleanup that runs even when a step failed: delete the machine, the bridge and what we started
-    subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=e, capture_output=True)
+    subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=e, capture_output=True, check=False)
 
 
 def play(env, name, *extra, check=True):
     cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e/fixture-vars.yml"),
            "-e", json.dumps({"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"]}), *extra]
     t0 = time.monotonic()
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     out = res.stdout + res.stderr
     print(f"--- {name} {' '.join(extra)}: rc={res.returncode} in {time.monotonic() - t0:.1f}s")
     if check and res.returncode != 0:
@@ -59,6 +59,12 @@ def play(env, name, *extra, check=True):
 def machines(env):
     out = subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True, text=True, check=True)
     return {m["name"]: m for m in json.loads(out.stdout)}
+
+
+def ssh(env, ip, command):
+    res = subprocess.run(["ssh", "-i", env["SDCLOUD_TEST_KEY"], "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                          "-o", "LogLevel=ERROR", "root@" + ip, command], capture_output=True, text=True, check=True, timeout=60)
+    return res.stdout.strip()
 
 
 def recap_changed(out):
@@ -140,7 +146,16 @@ def test_lifecycle(env):
     assert changed and all(v == 0 for v in changed.values()), changed
     assert "sdcloud: 0 changed tasks" in out
 
-    # 6. teardown: nothing left - no machine, no overlay, no bridge, no process we started
+    # 6. a new pin converges: the checkout moves to it and the service restarts exactly once
+    ip = machines(env)[NAME]["address"]
+    starts_before = ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")
+    _, out = play(env, "provision.yml", "-e", "comfyui_version=v0.0.2-fixture")
+    assert recap_changed(out).get(NAME, 0) > 0
+    assert through_tunnel(out)["system"]["comfyui_version"] == "0.0.2-fixture"
+    starts_after = ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")
+    assert int(starts_after) == int(starts_before) + 1, (starts_before, starts_after)
+
+    # 7. teardown: nothing left - no machine, no overlay, no bridge, no process we started
     _, out = play(env, "teardown.yml")
     assert f"nothing of {NAME} is left" in out
     assert NAME not in machines(env)
