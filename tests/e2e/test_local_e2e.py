@@ -7,6 +7,7 @@ labelled stand-in repository (tests/e2e/fixture-vars.yml) because GitHub is unre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
@@ -23,6 +24,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NET = "7"
 NAME = "e2e"
 STATE = pathlib.Path("/var/lib/sdcloud/net" + NET)
+GATEWAY = f"10.87.{NET}.1"
+sys.path.insert(0, str(ROOT / "tests" / "standins"))
+
+from model_server import ModelServer  # noqa: E402
 
 pytestmark = [
     pytest.mark.testhost,
@@ -39,14 +44,23 @@ def env(tmp_path_factory):
     repos = tmp / "repos"
     subprocess.run([sys.executable, str(ROOT / "tests/fixtures/make_repos.py"), str(repos)], check=True, capture_output=True)
     subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "serve-git", str(repos)], check=True, env=e, capture_output=True)
+    # model files served on the bridge, as a CDN would (labelled stand-in, tests/standins/model_server.py)
+    server = ModelServer(host=GATEWAY).start()
+    for m in MODELS:
+        server.add("/" + m["name"], data=DATA[m["name"]], **SERVE.get(m["name"], {}))
+    models = tmp / "models.json"
+    models.write_text(json.dumps({"sdcloud_models": [dict(m, source=f"http://{GATEWAY}:{server.port}/{m['name']}") for m in MODELS]}))
+    e["SDCLOUD_TEST_MODELS"] = str(models)
+    SERVERS[NET] = server
     yield e
+    server.stop()
     # cleanup that runs even when a step failed: delete the machine, the bridge and what we started
     subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=e, capture_output=True, check=False)
 
 
 def play(env, name, *extra, check=True):
     cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e/fixture-vars.yml"),
-           "-e", json.dumps({"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"]}), *extra]
+           "-e", json.dumps({"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"]}), "-e", "@" + env["SDCLOUD_TEST_MODELS"], *extra]
     t0 = time.monotonic()
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     out = res.stdout + res.stderr
@@ -54,6 +68,16 @@ def play(env, name, *extra, check=True):
     if check and res.returncode != 0:
         pytest.fail(f"{name} failed (rc={res.returncode}):\n{out[-6000:]}")
     return res.returncode, out
+
+
+# Three labelled test "models": one small, one that the server cuts off mid-file once (the sync must
+# resume it with a Range request, not start over), one checked by sha256.
+DATA = {"tiny.safetensors": os.urandom(64 * 1024), "cutoff.safetensors": os.urandom(3 * 1024 * 1024),
+        "lora.safetensors": os.urandom(512 * 1024)}
+SERVE = {"cutoff.safetensors": {"drop_after": 1024 * 1024, "drop_times": 1}}
+MODELS = [{"name": n, "kind": k, "sha256": hashlib.sha256(DATA[n]).hexdigest()}
+          for n, k in (("tiny.safetensors", "checkpoints"), ("cutoff.safetensors", "checkpoints"), ("lora.safetensors", "loras"))]
+SERVERS = {}
 
 
 def machines(env):
@@ -121,6 +145,18 @@ def test_lifecycle(env):
     assert machines(env)[NAME]["state"] == "running"
     stats = through_tunnel(out)
     assert stats["system"]["comfyui_version"] == "0.0.1-fixture"
+    server = SERVERS[NET]
+    # models: downloaded on the server, verified, and seen by ComfyUI in the shared model folders
+    ip = machines(env)[NAME]["address"]
+    listed = json.loads(ssh(env, ip, "curl -fsS http://127.0.0.1:8188/models/checkpoints"))
+    assert {"tiny.safetensors", "cutoff.safetensors"} <= set(listed), listed
+    assert ssh(env, ip, "sha256sum /opt/sdcloud/models/loras/lora.safetensors").split()[0] == MODELS[2]["sha256"]
+    cut = [r for r in server.requests("/cutoff.safetensors") if r["method"] == "GET"]
+    resumed = [r for r in cut[1:] if re.match(r"bytes=[1-9]\d*-", r["range"] or "")]
+    assert resumed, f"the cut-off file must be resumed with a Range request: {cut}"
+    assert sum(r["sent"] for r in cut) < len(DATA["cutoff.safetensors"]) * 1.5, "resume must not start over"
+    assert not ssh(env, ip, "ls -A /opt/sdcloud/models/checkpoints | grep -v safetensors || true")
+    server.clear()
 
     # 2. status: the machine and its service
     _, out = play(env, "status.yml")
@@ -145,9 +181,21 @@ def test_lifecycle(env):
     changed = recap_changed(out)
     assert changed and all(v == 0 for v in changed.values()), changed
     assert "sdcloud: 0 changed tasks" in out
+    assert server.requests() == [], "a converged re-run downloads nothing"
+
+    # a changed sha256 re-fetches only that file (the server now serves new content for it)
+    new = os.urandom(64 * 1024)
+    server.add("/tiny.safetensors", data=new)
+    models = json.loads(pathlib.Path(env["SDCLOUD_TEST_MODELS"]).read_text())
+    models["sdcloud_models"][0]["sha256"] = hashlib.sha256(new).hexdigest()
+    changed_models = pathlib.Path(env["SDCLOUD_TEST_MODELS"]).with_name("models2.json")
+    changed_models.write_text(json.dumps(models))
+    play(env, "sync_models.yml", "-e", "@" + str(changed_models))
+    assert {r["path"] for r in server.requests()} == {"/tiny.safetensors"}
+    assert ssh(env, ip, "sha256sum /opt/sdcloud/models/checkpoints/tiny.safetensors").split()[0] == hashlib.sha256(new).hexdigest()
+    server.add("/tiny.safetensors", data=DATA["tiny.safetensors"])
 
     # 6. a new pin converges: the checkout moves to it and the service restarts exactly once
-    ip = machines(env)[NAME]["address"]
     starts_before = ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")
     _, out = play(env, "provision.yml", "-e", "comfyui_version=v0.0.2-fixture")
     assert recap_changed(out).get(NAME, 0) > 0
