@@ -203,7 +203,14 @@ def test_lifecycle(env):
     starts_after = ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")
     assert int(starts_after) == int(starts_before) + 1, (starts_before, starts_after)
 
-    # 7. teardown: nothing left - no machine, no overlay, no bridge, no process we started
+    # 7. a service that does not come up fails the play, with its journal in the message
+    rc, out = play(env, "provision.yml", "-e", json.dumps({"comfyui_extra_args": ["--no-such-flag"], "comfyui_wait_timeout": 10}),
+                   check=False)
+    assert rc != 0
+    assert "ComfyUI did not answer on http://127.0.0.1:8188/system_stats within 10s" in out, out[-3000:]
+    assert "unrecognized arguments: --no-such-flag" in out, out[-3000:]
+
+    # 8. teardown: nothing left - no machine, no overlay, no bridge, no process we started
     _, out = play(env, "teardown.yml")
     assert f"nothing of {NAME} is left" in out
     assert NAME not in machines(env)
