@@ -105,9 +105,8 @@ msg:
 
 import ipaddress
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
-from ansible.module_utils.sdcloud.base import FirewallSpec, SdcloudError, backend_from_params
-from ansible.module_utils.sdcloud.clients import BOTO3_IMPORT_ERROR, GCP_IMPORT_ERROR, HAS_BOTO3, HAS_GCP
+from ansible.module_utils.sdcloud.base import FirewallSpec, SdcloudError
+from ansible.module_utils.sdcloud.module import cloud_module, run
 
 SSH_PORT = 22
 
@@ -174,33 +173,17 @@ def ensure(module, backend) -> dict:
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
-            "provider": {"type": "str", "required": True, "choices": ["gcp", "aws"]},
+    module = cloud_module(
+        {
             "name": {"type": "str", "required": True},
             "state": {"type": "str", "default": "present", "choices": ["present", "absent"]},
             "source_ranges": {"type": "list", "elements": "str", "default": []},
             "ports": {"type": "list", "elements": "int", "default": []},
             "allow_world": {"type": "bool", "default": False},
-            "zones": {"type": "list", "elements": "str", "default": []},
             "labels": {"type": "dict", "default": {}},
-            "endpoint": {"type": "str"},
-            "project": {"type": "str", "fallback": (env_fallback, ["GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"])},
-            "credentials_file": {"type": "path"},
-            "profile": {"type": "str", "fallback": (env_fallback, ["AWS_PROFILE"])},
         },
-        supports_check_mode=True,
-        required_if=[("provider", "gcp", ["project"])],
     )
-    if module.params["provider"] == "aws" and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=str(BOTO3_IMPORT_ERROR))
-    if module.params["provider"] == "gcp" and not HAS_GCP:
-        module.fail_json(msg=missing_required_lib("google-cloud-compute"), exception=str(GCP_IMPORT_ERROR))
-    try:
-        result = ensure(module, backend_from_params(module.params))
-    except SdcloudError as exc:
-        module.fail_json(msg=exc.msg, **exc.details)
-    module.exit_json(**result)
+    run(module, ensure)
 
 
 if __name__ == "__main__":

@@ -93,9 +93,8 @@ count:
   type: int
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
-from ansible.module_utils.sdcloud.base import SdcloudError, backend_from_params
-from ansible.module_utils.sdcloud.clients import BOTO3_IMPORT_ERROR, GCP_IMPORT_ERROR, HAS_BOTO3, HAS_GCP
+from ansible.module_utils.sdcloud.base import SdcloudError
+from ansible.module_utils.sdcloud.module import cloud_module, run
 
 
 def ensure(module, backend) -> dict:
@@ -125,30 +124,14 @@ def ensure(module, backend) -> dict:
 
 
 def main():
-    module = AnsibleModule(
-        argument_spec={
-            "provider": {"type": "str", "required": True, "choices": ["gcp", "aws"]},
+    module = cloud_module(
+        {
             "name": {"type": "str"},
             "state": {"type": "str", "default": "listed", "choices": ["listed", "absent"]},
-            "zones": {"type": "list", "elements": "str", "default": []},
-            "endpoint": {"type": "str"},
-            "project": {"type": "str", "fallback": (env_fallback, ["GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"])},
-            "credentials_file": {"type": "path"},
-            "profile": {"type": "str", "fallback": (env_fallback, ["AWS_PROFILE"])},
             "wait_timeout": {"type": "int", "default": 600},
         },
-        supports_check_mode=True,
-        required_if=[("provider", "gcp", ["project"])],
     )
-    if module.params["provider"] == "aws" and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=str(BOTO3_IMPORT_ERROR))
-    if module.params["provider"] == "gcp" and not HAS_GCP:
-        module.fail_json(msg=missing_required_lib("google-cloud-compute"), exception=str(GCP_IMPORT_ERROR))
-    try:
-        result = ensure(module, backend_from_params(module.params))
-    except SdcloudError as exc:
-        module.fail_json(msg=exc.msg, **exc.details)
-    module.exit_json(**result)
+    run(module, ensure)
 
 
 if __name__ == "__main__":

@@ -200,7 +200,6 @@ msg:
   type: str
 """
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
 from ansible.module_utils.sdcloud import catalog
 from ansible.module_utils.sdcloud.base import (
     PENDING,
@@ -209,18 +208,15 @@ from ansible.module_utils.sdcloud.base import (
     STOPPING,
     InstanceSpec,
     SdcloudError,
-    backend_from_params,
 )
-from ansible.module_utils.sdcloud.clients import BOTO3_IMPORT_ERROR, GCP_IMPORT_ERROR, HAS_BOTO3, HAS_GCP
+from ansible.module_utils.sdcloud.module import cloud_module, run
 
 
 def argument_spec() -> dict:
     return {
-        "provider": {"type": "str", "required": True, "choices": ["gcp", "aws"]},
         "name": {"type": "str", "required": True},
         "state": {"type": "str", "default": "present", "choices": ["present", "running", "stopped", "absent"]},
         "gpu": {"type": "str"},
-        "zones": {"type": "list", "elements": "str", "default": []},
         "spot": {"type": "bool", "default": True},
         "spot_fallback": {"type": "str", "default": "none", "choices": ["none", "on-demand"]},
         "disk_size_gb": {"type": "int", "default": 100},
@@ -229,10 +225,6 @@ def argument_spec() -> dict:
         "ssh_public_key": {"type": "str"},
         "ssh_user": {"type": "str", "default": "ubuntu"},
         "labels": {"type": "dict", "default": {}},
-        "endpoint": {"type": "str"},
-        "project": {"type": "str", "fallback": (env_fallback, ["GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"])},
-        "credentials_file": {"type": "path"},
-        "profile": {"type": "str", "fallback": (env_fallback, ["AWS_PROFILE"])},
         "wait_timeout": {"type": "int", "default": 600},
     }
 
@@ -361,29 +353,9 @@ def ensure(module, backend) -> dict:
     return result
 
 
-def check_sdk(module) -> None:
-    """fail_json with missing_required_lib when the provider's SDK does not import."""
-    if module.params["provider"] == "aws" and not HAS_BOTO3:
-        module.fail_json(msg=missing_required_lib("boto3"), exception=str(BOTO3_IMPORT_ERROR))
-    if module.params["provider"] == "gcp" and not HAS_GCP:
-        module.fail_json(msg=missing_required_lib("google-cloud-compute"), exception=str(GCP_IMPORT_ERROR))
-
-
 def main():
-    module = AnsibleModule(
-        argument_spec=argument_spec(),
-        supports_check_mode=True,
-        required_if=[("provider", "gcp", ["project"])],
-        mutually_exclusive=[("image", "image_family")],
-    )
-    check_sdk(module)
-    try:
-        _validate(module.params)
-        backend = backend_from_params(module.params)
-        result = ensure(module, backend)
-    except SdcloudError as exc:
-        module.fail_json(msg=exc.msg, **exc.details)
-    module.exit_json(**result)
+    module = cloud_module(argument_spec(), mutually_exclusive=[("image", "image_family")])
+    run(module, ensure, validate=_validate)
 
 
 if __name__ == "__main__":
