@@ -12,7 +12,15 @@ description:
   - Groups C(sdcloud_machines) (all), C(sdcloud_target) (the machines of the deployment named by I(deployment)),
     C(provider_<provider>), C(state_<state>) (stopped machines land in C(state_stopped) instead of breaking
     the listing), C(deployment_<name>), C(gpu_<gpu>).
-  - Sets C(sdcloud_name) (the deployment) on the C(all) group, so playbooks and C(localhost) read it from here.
+  - Sets C(sdcloud_name) (the deployment) on the C(all) group, so playbooks and C(localhost) read it from here,
+    and C(sdcloud_inventory_providers), C(sdcloud_inventory_gcp_project), C(sdcloud_inventory_aws_regions)
+    (what this inventory lists), so the preflight can check that it lists the provider the playbooks use,
+    and C(sdcloud_known_hosts_file) (see I(known_hosts_file)).
+  - Cloud hosts (GCP, AWS) get C(ansible_ssh_private_key_file) set to C({{ sdcloud_ssh_key_path }}) (the
+    operator key from group_vars, templated when used) and host key checking per instance - see
+    I(known_hosts_file).
+  - A provider that cannot be listed (no credentials, API down, SDK missing) is a warning; the others are
+    still listed.
   - Uses a YAML configuration file whose name ends with C(sdcloud.yml) or C(sdcloud.yaml).
 extends_documentation_fragment:
   - constructed
@@ -78,6 +86,18 @@ options:
     type: str
     env:
       - name: AWS_ENDPOINT_URL
+  known_hosts_file:
+    description:
+      - Known-hosts file for cloud machines and static hosts. Cloud public IPs change on every start and are
+        reused by other customers' machines (and pods come back on reused addresses), so each machine's host
+        key is recorded under a name of its own (C(HostKeyAlias=sdcloud-<provider>-<instance id>), for static
+        hosts C(sdcloud-static-<name>)) instead of its IP, trusted on first use
+        (C(StrictHostKeyChecking=accept-new)); a later key change for the same machine is refused.
+      - teardown.yml removes the entries of the machines it deletes.
+    type: path
+    default: ~/.ssh/sdcloud_known_hosts
+    env:
+      - name: SDCLOUD_KNOWN_HOSTS
 """
 
 EXAMPLES = r"""
@@ -103,6 +123,7 @@ import re
 import ansible.module_utils
 from ansible.errors import AnsibleParserError
 from ansible.plugins.inventory import BaseInventoryPlugin, Cacheable, Constructable
+from ansible.template import trust_as_template
 from ansible.utils.display import Display
 
 _MU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "module_utils")
@@ -114,6 +135,19 @@ from ansible.module_utils.sdcloud.base import LABEL_DEPLOYMENT, Instance, Sdclou
 display = Display()
 NO_HOSTKEY_CHECK = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
 KNOWN_PROVIDERS = ("local", "static", "gcp", "aws")
+CLOUDS = ("gcp", "aws")
+# Cloud hosts: the operator key from group_vars (templated when the connection is made).
+CLOUD_KEY = "{{ sdcloud_ssh_key_path }}"
+
+
+def host_key_alias(provider, instance_id):
+    """The name a cloud machine's host key is recorded under (stable across IP changes, unique per instance)."""
+    return "sdcloud-%s-%s" % (provider, _safe(instance_id))
+
+
+def cloud_ssh_args(provider, instance_id, known_hosts_file):
+    return ("-o HostKeyAlias=%s -o StrictHostKeyChecking=accept-new -o UserKnownHostsFile=%s"
+            % (host_key_alias(provider, instance_id), known_hosts_file))
 
 
 def _safe(name):
@@ -156,6 +190,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                             state="running", gpu=h.get("gpu"), public_ip=h["address"], ssh_user=h.get("user", "root"),
                             labels={LABEL_DEPLOYMENT: deployment}, hourly_price=h.get("hourly_price"))
             hv = {"ansible_port": int(h.get("port", 22))}
+            # like cloud machines: the host key is pinned under the host's name, not its address
+            # (pods and rented boxes come back on reused addresses and ports)
+            hv.update(self._host_key_vars(inst))
             if h.get("ssh_private_key_file"):
                 hv["ansible_ssh_private_key_file"] = h["ssh_private_key_file"]
             out.append((inst, hv))
@@ -168,27 +205,43 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         if not project:
             raise SdcloudError("provider gcp is listed but no project is set: set gcp_project in inventory/sdcloud.yml "
                                "or GOOGLE_CLOUD_PROJECT")
-        return [(i, {}) for i in gcp.list_instances(project, endpoint=self.get_option("gcp_endpoint"))]
+        return [(i, self._cloud_hostvars(i)) for i in gcp.list_instances(project, endpoint=self.get_option("gcp_endpoint"))]
 
     def _aws(self):
         from ansible.module_utils.sdcloud import aws, clients
 
-        regions = self.get_option("aws_regions")
-        if isinstance(regions, str):
-            regions = [r.strip() for r in regions.split(",") if r.strip()]
+        regions = self._aws_regions()
         if not regions:
             raise SdcloudError("provider aws is listed but no region is set: set aws_regions in inventory/sdcloud.yml "
                                "or SDCLOUD_AWS_REGIONS")
         out = []
         for region in regions:
             client = clients.aws_client("ec2", region, endpoint_url=self.get_option("aws_endpoint"))
-            out.extend((i, {}) for i in aws.list_instances(client))
+            out.extend((i, self._cloud_hostvars(i)) for i in aws.list_instances(client))
         return out
 
-    def _fetch(self):
+    def _cloud_hostvars(self, inst):
+        return self._host_key_vars(inst)
+
+    def _host_key_vars(self, inst):
+        known_hosts = os.path.expanduser(self.get_option("known_hosts_file"))
+        return {"ansible_ssh_common_args": cloud_ssh_args(inst.provider, inst.id, known_hosts),
+                "sdcloud_host_key_alias": host_key_alias(inst.provider, inst.id)}
+
+    def _providers(self):
         providers = self.get_option("providers")
         if isinstance(providers, str):
             providers = [p.strip() for p in providers.split(",") if p.strip()]
+        return list(providers)
+
+    def _aws_regions(self):
+        regions = self.get_option("aws_regions")
+        if isinstance(regions, str):
+            regions = [r.strip() for r in regions.split(",") if r.strip()]
+        return list(regions or [])
+
+    def _fetch(self):
+        providers = self._providers()
         unknown = sorted(set(providers) - set(KNOWN_PROVIDERS))
         if unknown:
             raise AnsibleParserError(f"unknown provider(s) {unknown} in providers: use {list(KNOWN_PROVIDERS)}")
@@ -200,6 +253,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             except SdcloudError as e:
                 # one unreachable cloud must not hide the others' machines
                 display.warning(f"sdcloud inventory: cannot list {p} machines: {e.msg}")
+            except ImportError as e:
+                display.warning(f"sdcloud inventory: cannot list {p} machines: its SDK does not import ({e}): "
+                                "run `make setup` (pip install -r requirements.txt)")
+            except Exception as e:  # noqa: BLE001 - an SDK error we did not map must not hide the other providers
+                if p not in CLOUDS:
+                    raise
+                display.warning(f"sdcloud inventory: cannot list {p} machines: {type(e).__name__}: {e}")
         return hosts
 
     def parse(self, inventory, loader, path, cache=True):
@@ -225,6 +285,10 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         inv.add_group("sdcloud_machines")
         inv.add_group("sdcloud_target")
         inv.set_variable("all", "sdcloud_name", deployment)
+        inv.set_variable("all", "sdcloud_inventory_providers", self._providers())
+        inv.set_variable("all", "sdcloud_inventory_gcp_project", self.get_option("gcp_project") or "")
+        inv.set_variable("all", "sdcloud_inventory_aws_regions", self._aws_regions())
+        inv.set_variable("all", "sdcloud_known_hosts_file", os.path.expanduser(self.get_option("known_hosts_file")))
         strict = self.get_option("strict")
         for h in hosts:
             inst = h["instance"]
@@ -246,6 +310,9 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                   "sdcloud_provider": inst["provider"],
                   "sdcloud_state": inst["state"],
                   "sdcloud_instance": inst}
+            if inst["provider"] in CLOUDS:
+                # a template, trusted: the key path comes from group_vars when the connection is made
+                hv["ansible_ssh_private_key_file"] = trust_as_template(CLOUD_KEY)
             hv.update(h["hostvars"])
             for k, v in hv.items():
                 if v is not None:

@@ -15,6 +15,14 @@ Control endpoint (JSON):
                      query parameters, for RunInstances);  DELETE clears.
   POST   /moto-api/reset  moto's own reset (clears all AWS state).
 
+Instance hooks (in-process only, see serve_in_thread): `on_instance_running(info) -> str | None` is
+called after each successful RunInstances/StartInstances for every instance in the answer; a returned
+string becomes the instance's public IP (in moto's state and in that answer), so an end-to-end test
+can back each instance with a real local test host. `on_instance_stopped(info)` /
+`on_instance_deleted(info)` follow StopInstances / TerminateInstances. `info`: id, region, zone, state,
+tags, key_name, public_key (the key pair's OpenSSH public key), public_ip. Without hooks, moto
+invents public IPs: never contact them.
+
 Run: python tests/standins/moto_faults.py --port 5055   (prints "READY <port>" when listening).
 It sets MOTO_AMIS_PATH (tests/standins/amis.json) and MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION=true
 before moto is imported, unless already set.
@@ -27,6 +35,7 @@ import io
 import json
 import os
 import pathlib
+import re
 import sys
 import threading
 import urllib.parse
@@ -75,12 +84,21 @@ def error_xml(code: str, message: str) -> bytes:
     ).encode()
 
 
+_INSTANCE_ID = re.compile(r"<instanceId>(i-[0-9a-f]+)</instanceId>")
+_CREDENTIAL_REGION = re.compile(r"Credential=[^/]+/\d{8}/([a-z0-9-]+)/ec2/")
+HOOKED_ACTIONS = {"RunInstances": "on_instance_running", "StartInstances": "on_instance_running",
+                  "StopInstances": "on_instance_stopped", "TerminateInstances": "on_instance_deleted"}
+
+
 class FaultMiddleware:
-    def __init__(self, app):
+    def __init__(self, app, on_instance_running=None, on_instance_stopped=None, on_instance_deleted=None):
         self.app = app
         self.lock = threading.Lock()
         self.faults: list = []
         self.requests: list = []
+        self.on_instance_running = on_instance_running
+        self.on_instance_stopped = on_instance_stopped
+        self.on_instance_deleted = on_instance_deleted
 
     # -- control endpoint ---------------------------------------------------------------------
     def _json(self, start_response, obj, status="200 OK"):
@@ -143,7 +161,10 @@ class FaultMiddleware:
                 entry["params"] = form  # to assert what was asked (market options, tags, disk)
             self.requests.append(entry)
         if fault is None:
-            return self.app(environ, start_response)
+            hook = getattr(self, HOOKED_ACTIONS.get(action, ""), None)
+            if hook is None:
+                return self.app(environ, start_response)
+            return self._hooked(environ, start_response, hook, action)
         status, template = DEFAULTS.get(fault["code"], (400, fault["code"]))
         status = int(fault.get("status") or status)
         message = fault.get("message") or template.format(itype=form.get("InstanceType", "?"), zone=zone or "?")
@@ -152,6 +173,52 @@ class FaultMiddleware:
         start_response(f"{status} {reason.get(status, 'Error')}",
                        [("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(payload)))])
         return [payload]
+
+
+    # -- instance hooks -----------------------------------------------------------------------
+    def _hooked(self, environ, start_response, hook, action):
+        """Let moto answer, then run `hook` for each instance in a successful answer (before the
+        caller sees it, so a public IP the hook returns is what the caller reads)."""
+        seen = {}
+
+        def capture(status, headers, exc_info=None):
+            seen["status"], seen["headers"] = status, headers
+            return lambda data: None
+
+        chunks = self.app(environ, capture)
+        try:
+            body = b"".join(chunks)
+        finally:
+            if hasattr(chunks, "close"):
+                chunks.close()
+        if seen.get("status", "").startswith("2"):
+            m = _CREDENTIAL_REGION.search(environ.get("HTTP_AUTHORIZATION", ""))
+            region = m.group(1) if m else "us-east-1"
+            for iid in dict.fromkeys(_INSTANCE_ID.findall(body.decode("utf-8", "replace"))):
+                body = self._run_hook(hook, action, region, iid, body)
+        headers = [(k, v) for k, v in seen["headers"] if k.lower() != "content-length"]
+        headers.append(("Content-Length", str(len(body))))
+        start_response(seen["status"], headers)
+        return [body]
+
+    def _run_hook(self, hook, action, region, instance_id, body: bytes) -> bytes:
+        from moto.core import DEFAULT_ACCOUNT_ID  # noqa: PLC0415
+        from moto.ec2.models import ec2_backends  # noqa: PLC0415
+
+        backend = ec2_backends[DEFAULT_ACCOUNT_ID][region]
+        inst = backend.get_instance(instance_id)
+        key = backend.key_pairs.get(inst.key_name) if inst.key_name else None
+        info = {"id": inst.id, "region": region, "zone": inst.placement.zone, "state": inst.state,
+                "tags": {t["key"]: t["value"] for t in inst.get_tags()},
+                "key_name": inst.key_name, "public_key": key.public_key if key else None,
+                "public_ip": inst.public_ip, "action": action}
+        ip = hook(info)
+        if action in ("RunInstances", "StartInstances") and isinstance(ip, str):
+            old = inst.public_ip
+            inst.nics[0].public_ip = ip
+            if old:
+                body = body.replace(f">{old}<".encode(), f">{ip}<".encode())
+        return body
 
 
 def _read_body(environ) -> bytes:
@@ -165,12 +232,24 @@ def _read_body(environ) -> bytes:
     return body
 
 
-def make_app():
+def make_app(**hooks):
     os.environ.setdefault("MOTO_AMIS_PATH", str(HERE / "amis.json"))
     os.environ.setdefault("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
     from moto.moto_server.werkzeug_app import DomainDispatcherApplication, create_backend_app  # noqa: PLC0415
 
-    return FaultMiddleware(DomainDispatcherApplication(create_backend_app))
+    return FaultMiddleware(DomainDispatcherApplication(create_backend_app), **hooks)
+
+
+def serve_in_thread(host: str = "127.0.0.1", port: int = 0, **hooks):
+    """Serve moto (with faults and the instance hooks) from a thread of this process.
+    Returns (server, Control); server.shutdown() stops it. moto keeps its state in this process."""
+    from moto.moto_server.werkzeug_app import MotoRequestHandler  # noqa: PLC0415
+    from werkzeug.serving import make_server  # noqa: PLC0415
+
+    app = make_app(**hooks)
+    server = make_server(host, port, app, threaded=True, request_handler=MotoRequestHandler)
+    threading.Thread(target=server.serve_forever, name="moto-standin", daemon=True).start()
+    return server, Control(f"http://{host}:{server.server_address[1]}")
 
 
 def serve(host: str = "127.0.0.1", port: int = 0):

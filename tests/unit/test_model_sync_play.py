@@ -32,13 +32,17 @@ def blob(seed, size):
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("play")
     bindir = pathlib.Path(sys.executable).parent
-    (tmp / "inventory.ini").write_text(
-        f"[sdcloud]\nlocalhost ansible_connection=local ansible_python_interpreter={sys.executable} ansible_become=false\n"
+    # localhost plays the deployment's machine; the project's group_vars give the settings defaults
+    (tmp / "inventory").mkdir()
+    (tmp / "inventory" / "group_vars").symlink_to(ROOT / "inventory" / "group_vars")
+    (tmp / "inventory" / "hosts.ini").write_text(
+        "[sdcloud_target]\nlocalhost ansible_connection=local ansible_python_interpreter="
+        f"{sys.executable} ansible_become=false\n\n[all:vars]\nsdcloud_name=play\n"
     )
     environ = dict(
         os.environ,
         ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-        ANSIBLE_INVENTORY=str(tmp / "inventory.ini"),
+        ANSIBLE_INVENTORY=str(tmp / "inventory"),
         ANSIBLE_INVENTORY_ENABLED="ini",  # independent of the project's cloud inventory plugin
         ANSIBLE_LOCAL_TEMP=str(tmp / "ansible-tmp"),
         ANSIBLE_NOCOLOR="1",
@@ -68,7 +72,7 @@ def test_module_check_diff_then_real_then_idempotent(env):
     models_dir = tmp / "direct"
     play = tmp / "direct.yml"
     play.write_text(
-        "- name: Direct\n  hosts: sdcloud\n  gather_facts: false\n  tasks:\n"
+        "- name: Direct\n  hosts: sdcloud_target\n  gather_facts: false\n  tasks:\n"
         "    - name: Sync\n      model_sync:\n        models: '{{ wanted }}'\n        models_dir: '{{ dir }}'\n"
     )
     extra = {

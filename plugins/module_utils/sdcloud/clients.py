@@ -13,6 +13,7 @@ HAS_BOTO3 / HAS_GCP and BOTO3_IMPORT_ERROR / GCP_IMPORT_ERROR.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 from ansible.module_utils.sdcloud.base import SdcloudError
@@ -28,17 +29,15 @@ except ImportError as exc:  # pragma: no cover - exercised only without boto3
     HAS_BOTO3 = False
     BOTO3_IMPORT_ERROR = exc
 
+# google-cloud-compute takes ~3 s to import: check that it is there now, import it on first use,
+# so AWS-only runs (and the inventory listing only AWS) never pay for it.
 try:
-    from google.api_core.client_options import ClientOptions
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import compute_v1
-    from google.oauth2 import service_account
-
-    HAS_GCP = True
-    GCP_IMPORT_ERROR = None
-except ImportError as exc:  # pragma: no cover - exercised only without google-cloud-compute
-    HAS_GCP = False
+    GCP_IMPORT_ERROR = None if importlib.util.find_spec("google.cloud.compute_v1") else ImportError(
+        "No module named 'google.cloud.compute_v1'")
+except (ImportError, ValueError) as exc:  # pragma: no cover - exercised only without google-cloud-compute
     GCP_IMPORT_ERROR = exc
+HAS_GCP = GCP_IMPORT_ERROR is None
+
 
 # Environment overrides, documented in the modules.
 ENV_AWS_ENDPOINT = "AWS_ENDPOINT_URL"  # also honoured by boto3 itself
@@ -133,9 +132,13 @@ class GcpClients:
         self._clients: dict = {}
 
     def _options(self):
+        from google.api_core.client_options import ClientOptions
+
         return ClientOptions(api_endpoint=self.endpoint) if self.endpoint else None
 
     def _build(self, attr: str):
+        from google.cloud import compute_v1
+
         cls = getattr(compute_v1, self.CLASSES[attr])
         return cls(credentials=self.credentials, transport="rest", client_options=self._options())
 
@@ -154,6 +157,9 @@ class GcpClients:
 
 
 def _gcp_credentials(credentials_file: str | None, endpoint: str | None):
+    from google.auth.credentials import AnonymousCredentials
+    from google.oauth2 import service_account
+
     if credentials_file:
         try:
             return service_account.Credentials.from_service_account_file(
