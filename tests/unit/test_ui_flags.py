@@ -1,0 +1,84 @@
+"""Our systemd units pass only flags the pinned UIs' argument parsers define.
+
+Renders roles/<ui>/templates/<ui>.service.j2 with the role's defaults (and variants), takes the
+ExecStart command line apart and checks every --flag against the list extracted from the pinned
+upstream parser (tests/fixtures/upstream/*-flags.txt, which name their source file and commit).
+"""
+
+import pathlib
+import shlex
+
+import jinja2
+import pytest
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+UPSTREAM = ROOT / "tests" / "fixtures" / "upstream"
+
+
+def upstream_flags(name):
+    lines = (UPSTREAM / name).read_text().splitlines()
+    return {line.strip() for line in lines if line.strip().startswith("--")}
+
+
+def role_vars(role, **overrides):
+    """The role's defaults + vars/main.yml, templated values resolved, overrides applied."""
+    context = {}
+    for rel in ("defaults/main.yml", "vars/main.yml"):
+        path = ROOT / "roles" / role / rel
+        if path.exists():
+            context.update(yaml.safe_load(path.read_text()) or {})
+    context.update(overrides)
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    for _ in range(3):  # defaults may refer to other defaults
+        for key, value in list(context.items()):
+            if isinstance(value, str) and "{{" in value:
+                context[key] = env.from_string(value).render(context)
+    context["ansible_managed"] = "Ansible managed"
+    return context
+
+
+def exec_start(role, unit, **overrides):
+    text = (ROOT / "roles" / role / "templates" / unit).read_text()
+    rendered = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(text).render(role_vars(role, **overrides))
+    lines = [line for line in rendered.splitlines() if line.startswith("ExecStart=")]
+    assert len(lines) == 1, rendered
+    return shlex.split(lines[0][len("ExecStart="):])
+
+
+def unknown_flags(argv, known):
+    return [arg.split("=", 1)[0] for arg in argv if arg.startswith("--") and arg.split("=", 1)[0] not in known]
+
+
+A1111_VARIANTS = [{}, {"a1111_gpu": False}, {"a1111_listen": True}, {"a1111_extra_args": ["--xformers"]}]
+COMFYUI_VARIANTS = [{}, {"comfyui_gpu": False}, {"comfyui_listen_address": "0.0.0.0"}]
+
+
+@pytest.mark.parametrize("overrides", A1111_VARIANTS)
+def test_a1111_unit_passes_only_upstream_flags(overrides):
+    argv = exec_start("a1111", "a1111.service.j2", **overrides)
+    assert argv[1] == "launch.py"
+    assert unknown_flags(argv, upstream_flags("a1111-v1.10.1-flags.txt")) == []
+
+
+@pytest.mark.parametrize("overrides", COMFYUI_VARIANTS)
+def test_comfyui_unit_passes_only_upstream_flags(overrides):
+    argv = exec_start("comfyui", "comfyui.service.j2", **overrides)
+    assert argv[1] == "main.py"
+    assert unknown_flags(argv, upstream_flags("comfyui-flags.txt")) == []
+
+
+def test_a1111_unit_wires_the_shared_model_dir_and_skips_preparation():
+    argv = exec_start("a1111", "a1111.service.j2")
+    for flag, folder in (("--ckpt-dir", "checkpoints"), ("--lora-dir", "loras"), ("--vae-dir", "vae"),
+                         ("--embeddings-dir", "embeddings"), ("--esrgan-models-path", "upscale_models")):
+        assert argv[argv.index(flag) + 1] == "/opt/sdcloud/models/" + folder
+    assert "--skip-prepare-environment" in argv
+    assert "--api" in argv
+    assert "--listen" not in argv
+
+
+def test_the_check_catches_a_flag_upstream_lacks():
+    # --controlnet-dir belongs to the sd-webui-controlnet extension, not to A1111 itself.
+    argv = exec_start("a1111", "a1111.service.j2", a1111_extra_args=["--controlnet-dir", "/x"])
+    assert unknown_flags(argv, upstream_flags("a1111-v1.10.1-flags.txt")) == ["--controlnet-dir"]
