@@ -143,6 +143,7 @@ def test_lifecycle(env):
     # 1. provision: a machine, ComfyUI answering through the tunnel the summary prints
     _, out = play(env, "provision.yml")
     assert machines(env)[NAME]["state"] == "running"
+    assert re.search(r"Autostop: powers off after 30 (idle )?minutes", out), out[-3000:]
     stats = through_tunnel(out)
     assert stats["system"]["comfyui_version"] == "0.0.1-fixture"
     server = SERVERS[NET]
