@@ -255,16 +255,26 @@ class Network:
             return []
         return [f[:-4] for f in os.listdir(self.state_dir) if f.endswith(".pid") and f != "proxy.pid"]
 
-    def start_service(self, what, argv, marker):
-        """Start a helper daemon bound to this network (e.g. a git daemon serving test fixtures),
-        recorded by PID and stopped by down(). Idempotent."""
+    def start_service(self, what, argv, marker, port):
+        """Start a helper daemon listening on the bridge address at `port` (e.g. a git daemon serving
+        test fixtures), recorded by PID and stopped by down(). Idempotent. Fails when something else
+        already answers on that address and port, or when the daemon does not come up."""
         if _pid_alive(self._read_pid(what), marker):
             return False
         self.up()
-        log = open(os.path.join(self.state_dir, what + ".log"), "ab")  # noqa: SIM115 - handed to the daemon
+        with contextlib.suppress(OSError), socket.create_connection((self.gateway, port), timeout=1):
+            raise MachineError("%s:%d is already taken by a process sdcloud did not record (a %s left over from an "
+                               "earlier run?): stop it, then try again" % (self.gateway, port, what))
+        logfile = os.path.join(self.state_dir, what + ".log")
+        log = open(logfile, "ab")  # noqa: SIM115 - handed to the daemon
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         with open(self._pidfile(what), "w") as f:
             f.write(str(proc.pid))
+        try:
+            _wait_port(self.gateway, port, 10, what)
+        except MachineError:
+            _kill_group(proc.pid, 5)
+            raise MachineError("%s did not start: %s" % (what, _read(logfile)[-2000:])) from None
         return True
 
     def stop_service(self, what):
