@@ -27,12 +27,10 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
 import threading
 import time
-import urllib.request
 
 import pytest
 from ansible.module_utils.sdcloud import aws as aws_backend
@@ -41,8 +39,10 @@ from ansible.module_utils.sdcloud import nspawn
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "standins"))
+import e2e_util  # noqa: E402
 import gce_server  # noqa: E402
 import moto_faults  # noqa: E402
+from e2e_util import TUNNEL_RE, run_play  # noqa: E402
 
 CLOUD_NET = 5  # test hosts backing cloud instances
 STATIC_NET = 6  # the static host
@@ -241,47 +241,17 @@ def cloud_vars(base, provider, **over):
 
 
 def play(env, name, xvars, *extra, check=True):
-    cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e/fixture-vars.yml"),
-           "-e", json.dumps(xvars), *extra]
-    t0 = time.monotonic()
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    out = res.stdout + res.stderr
-    print(f"--- {env.get('SDCLOUD_NAME')} {name}: rc={res.returncode} in {time.monotonic() - t0:.1f}s")
-    if check and res.returncode != 0:
-        pytest.fail(f"{name} failed (rc={res.returncode}):\n{out[-8000:]}")
-    return res.returncode, out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return run_play(env, name, "-e", json.dumps(xvars), *extra, label=f"{env.get('SDCLOUD_NAME')} ", check=check, tail=8000)
 
 
 def through_tunnel(out, known_hosts):
-    """Run the `ssh -L` command the summary printed (on a free local port) and fetch /system_stats."""
-    m = re.search(r"^\s*(ssh -i \S+ ((?:-o \S+ )*)-N -L 8188:127\.0\.0\.1:8188 (\S+)@(\S+))\s*$", out, re.M)
-    assert m, "the summary must print an ssh -L command:\n" + out[-3000:]
-    port = free_port()
-    cmd = m.group(1).replace("-L 8188:", f"-L {port}:").split()
-    opts = ["-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR"]
-    if "HostKeyAlias=" not in m.group(2):  # static hosts: the user's own known_hosts; here a file of the test's
-        opts += ["-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known_hosts}.tunnel"]
-    cmd[1:1] = opts
-    tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=3) as r:
-                    return m.group(3), m.group(4), json.loads(r.read())
-            except OSError:
-                if time.monotonic() > deadline or tunnel.poll() is not None:
-                    raise
-                time.sleep(0.3)
-    finally:
-        tunnel.terminate()
-        tunnel.wait(10)
+    """The summary's `ssh -L` command, run as printed: (user, address, /system_stats)."""
+    opts = []
+    m = TUNNEL_RE.search(out)
+    if m and "HostKeyAlias=" not in m.group(2):  # static hosts: the user's own known_hosts; here a file of the test's
+        opts = ["-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known_hosts}.tunnel"]
+    m, stats = e2e_util.through_tunnel(out, opts)
+    return m.group(3), m.group(4), stats
 
 
 def gce_leftovers(gce) -> dict:

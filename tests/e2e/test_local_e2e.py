@@ -12,11 +12,8 @@ import json
 import os
 import pathlib
 import re
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 
@@ -27,6 +24,8 @@ STATE = pathlib.Path("/var/lib/sdcloud/net" + NET)
 GATEWAY = f"10.87.{NET}.1"
 sys.path.insert(0, str(ROOT / "tests" / "standins"))
 
+import e2e_util  # noqa: E402
+from e2e_util import recap_changed, run_play  # noqa: E402
 from model_server import ModelServer  # noqa: E402
 
 pytestmark = [
@@ -59,15 +58,8 @@ def env(tmp_path_factory):
 
 
 def play(env, name, *extra, check=True):
-    cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e/fixture-vars.yml"),
-           "-e", json.dumps({"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"]}), "-e", "@" + env["SDCLOUD_TEST_MODELS"], *extra]
-    t0 = time.monotonic()
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
-    out = res.stdout + res.stderr
-    print(f"--- {name} {' '.join(extra)}: rc={res.returncode} in {time.monotonic() - t0:.1f}s")
-    if check and res.returncode != 0:
-        pytest.fail(f"{name} failed (rc={res.returncode}):\n{out[-6000:]}")
-    return res.returncode, out
+    return run_play(env, name, "-e", json.dumps({"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"]}),
+                    "-e", "@" + env["SDCLOUD_TEST_MODELS"], *extra, check=check)
 
 
 # Three labelled test "models": one small, one that the server cuts off mid-file once (the sync must
@@ -91,38 +83,9 @@ def ssh(env, ip, command):
     return res.stdout.strip()
 
 
-def recap_changed(out):
-    return {h: int(c) for h, c in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)}
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def through_tunnel(out):
-    """Run the `ssh -L` command the summary printed (on a free local port) and fetch /system_stats through it."""
-    m = re.search(r"^\s*(ssh -i \S+ -N -L 8188:127\.0\.0\.1:8188 \S+)\s*$", out, re.M)
-    assert m, "the summary must print an ssh -L command:\n" + out[-3000:]
-    port = free_port()
-    cmd = m.group(1).replace("-L 8188:", f"-L {port}:").split()
-    cmd[1:1] = ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "ExitOnForwardFailure=yes",
-                "-o", "LogLevel=ERROR"]
-    tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/system_stats", timeout=3) as r:
-                    return json.loads(r.read())
-            except OSError:
-                if time.monotonic() > deadline or tunnel.poll() is not None:
-                    raise
-                time.sleep(0.3)
-    finally:
-        tunnel.terminate()
-        tunnel.wait(10)
+    """The summary's `ssh -L` command (the machine's host key is new to this test: not pinned) -> /system_stats."""
+    return e2e_util.through_tunnel(out, ["-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null"])[1]
 
 
 @pytest.mark.parametrize(("extra", "needle"), [

@@ -1,0 +1,85 @@
+"""Helpers shared by the end-to-end tests: running a playbook, reading its recap, and using the
+`ssh -L` tunnel command the summary prints the way a user would."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import re
+import socket
+import subprocess
+import tempfile
+import time
+import urllib.request
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def run_play(env, name, *args, label="", check=True, tail=6000):
+    """ansible-playbook playbooks/<name> with the fixture vars, as a user runs it. Returns (rc, output);
+    with check, a non-zero rc fails the test showing the output's tail."""
+    cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e/fixture-vars.yml"), *args]
+    t0 = time.monotonic()
+    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    out = res.stdout + res.stderr
+    print(f"--- {label}{name} {' '.join(a for a in args if not a.startswith('{'))}: rc={res.returncode} in {time.monotonic() - t0:.1f}s")
+    if check and res.returncode != 0:
+        pytest.fail(f"{name} failed (rc={res.returncode}):\n{out[-tail:]}")
+    return res.returncode, out
+
+
+def recap_changed(out):
+    """{host: changed count} from PLAY RECAP."""
+    return {h: int(c) for h, c in re.findall(r"^(\S+)\s+: ok=\d+\s+changed=(\d+)", out, re.M)}
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+TUNNEL_RE = re.compile(r"^\s*(ssh -i \S+ ((?:-o \S+ )*)-N -L 8188:127\.0\.0\.1:8188 (\S+)@(\S+))\s*$", re.M)
+
+
+def through_tunnel(out, ssh_opts=(), path="/system_stats", timeout=30):
+    """Run the `ssh -L` command the summary printed (on a free local port, with extra `ssh_opts`) and GET
+    `path` through it. Returns (match, decoded JSON). The ssh process is always gone when this returns:
+    ssh may miss a SIGTERM that lands while it handles the channel the request just closed (it then sits in
+    poll() with no timeout), so a terminate that does not take within 5 s is followed by a kill."""
+    m = TUNNEL_RE.search(out)
+    assert m, "the summary must print an ssh -L command:\n" + out[-3000:]
+    port = free_port()
+    cmd = m.group(1).replace("-L 8188:", f"-L {port}:").split()
+    cmd[1:1] = ["-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", *ssh_opts]
+    with tempfile.TemporaryFile() as err:
+        tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+                        return m, json.loads(r.read())
+                except OSError as e:
+                    if tunnel.poll() is not None or time.monotonic() > deadline:
+                        err.seek(0)
+                        pytest.fail(f"nothing answered through {' '.join(cmd)} ({e}); ssh "
+                                    f"{'exited ' + str(tunnel.returncode) if tunnel.poll() is not None else 'still running'}, "
+                                    f"its stderr: {err.read().decode(errors='replace')[-2000:]!r}")
+                    time.sleep(0.3)
+        finally:
+            stop(tunnel)
+
+
+def stop(proc, grace=5):
+    """Terminate a child process, and kill it when it has not gone after `grace` seconds."""
+    if proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(grace)
