@@ -9,6 +9,8 @@ description:
   - Lists the machines sdcloud created or was told about, across providers, found by their labels/tags
     (C(sdcloud-managed=true), C(sdcloud-deployment=<name>)) - C(local) machines from this computer's state
     directory, C(static) hosts from this file, GCP instances (aggregatedList) and AWS instances (tags).
+  - Hosts are named after the machine (the deployment name); where several providers or zones list the same
+    name, each such host is named C(<name>.<provider>) (then C(.<zone>)), with a warning.
   - Groups C(sdcloud_machines) (all), C(sdcloud_target) (the machines of the deployment named by I(deployment)),
     C(provider_<provider>), C(state_<state>) (stopped machines land in C(state_stopped) instead of breaking
     the listing), C(deployment_<name>), C(gpu_<gpu>).
@@ -117,6 +119,7 @@ keyed_groups:
     prefix: zone
 """
 
+import collections
 import os
 import re
 
@@ -152,6 +155,21 @@ def cloud_ssh_args(provider, instance_id, known_hosts_file):
 
 def _safe(name):
     return re.sub(r"[^A-Za-z0-9_]", "_", str(name))
+
+
+def host_names(instances):
+    """Inventory names for the listed instances, in order: the instance name (the deployment name for
+    machines sdcloud made), and where several providers list the same name - a deployment left on GCP
+    while the next one went to AWS - `name.provider`, then `name.provider.zone`, then `.id`. Deployment
+    names cannot contain a dot, so these never clash with a machine's real name; one host per machine,
+    never two machines merged into one host."""
+    parts = [(i["name"], i["provider"], i["zone"], i["id"]) for i in instances]
+    counts = [collections.Counter(".".join(p[:depth]) for p in parts) for depth in (1, 2, 3)]
+    out = []
+    for p in parts:
+        depth = next((d for d in (1, 2, 3) if counts[d - 1][".".join(p[:d])] == 1), 4)
+        out.append(".".join(p[:depth]))
+    return out
 
 
 class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
@@ -290,9 +308,13 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         inv.set_variable("all", "sdcloud_inventory_aws_regions", self._aws_regions())
         inv.set_variable("all", "sdcloud_known_hosts_file", os.path.expanduser(self.get_option("known_hosts_file")))
         strict = self.get_option("strict")
-        for h in hosts:
+        names = host_names([h["instance"] for h in hosts])
+        renamed = [n for n, h in zip(names, hosts, strict=True) if n != h["instance"]["name"]]
+        if renamed:
+            display.warning("sdcloud inventory: machines of the same name on several providers or zones, "
+                            "listed as %s" % ", ".join(renamed))
+        for name, h in zip(names, hosts, strict=True):
             inst = h["instance"]
-            name = inst["name"]
             inv.add_host(name, group="sdcloud_machines")
             dep = inst["labels"].get(LABEL_DEPLOYMENT) or ""
             groups = ["provider_" + inst["provider"], "state_" + inst["state"]]
