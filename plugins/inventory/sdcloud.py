@@ -133,7 +133,7 @@ _MU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 if _MU not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(_MU)
 
-from ansible.module_utils.sdcloud.base import LABEL_DEPLOYMENT, Instance, SdcloudError  # noqa: E402
+from ansible.module_utils.sdcloud.base import LABEL_DEPLOYMENT, Instance, SdcloudError, host_key_alias  # noqa: E402
 
 display = Display()
 NO_HOSTKEY_CHECK = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
@@ -141,11 +141,6 @@ KNOWN_PROVIDERS = ("local", "static", "gcp", "aws")
 CLOUDS = ("gcp", "aws")
 # Cloud hosts: the operator key from group_vars (templated when the connection is made).
 CLOUD_KEY = "{{ sdcloud_ssh_key_path }}"
-
-
-def host_key_alias(provider, instance_id):
-    """The name a cloud machine's host key is recorded under (stable across IP changes, unique per instance)."""
-    return "sdcloud-%s-%s" % (provider, _safe(instance_id))
 
 
 def cloud_ssh_args(provider, instance_id, known_hosts_file):

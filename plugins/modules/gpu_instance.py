@@ -107,6 +107,13 @@ options:
     description: Seconds to wait for the instance to reach the wanted state; the error says what it waited for.
     type: int
     default: 600
+  host_keys_timeout:
+    description:
+      - When above 0 and the instance runs, also return the SSH host keys its guest published through the cloud
+        API (GCP guest attributes, namespace C(hostkeys)), waiting up to this many seconds for them, so the caller
+        can pin them before the first connection. AWS returns none (the first connection trusts the key shown).
+    type: int
+    default: 0
 notes:
   - Supports check mode (returns the plan) and diff mode.
   - Prices in the result come from the sdcloud catalog (a dated snapshot), not from the cloud's billing.
@@ -190,6 +197,15 @@ plan:
   description: In check mode, what would be done (machine type, candidate zones, image, price).
   returned: check mode
   type: dict
+host_keys:
+  description: The published SSH host keys, "type base64" lines ([] when none were published in time).
+  returned: when host_keys_timeout is above 0 and the instance runs
+  type: list
+  elements: str
+host_key_alias:
+  description: The name to record them under in known_hosts (the HostKeyAlias the inventory gives the host).
+  returned: when host_keys_timeout is above 0 and the instance runs
+  type: str
 disk_monthly_cost:
   description: USD per month the boot disk costs while the instance is stopped (catalog price).
   returned: when state is stopped
@@ -206,8 +222,10 @@ from ansible.module_utils.sdcloud.base import (
     RUNNING,
     STOPPED,
     STOPPING,
+    Instance,
     InstanceSpec,
     SdcloudError,
+    host_key_alias,
 )
 from ansible.module_utils.sdcloud.module import cloud_module, run
 
@@ -226,6 +244,7 @@ def argument_spec() -> dict:
         "ssh_user": {"type": "str", "default": "ubuntu"},
         "labels": {"type": "dict", "default": {}},
         "wait_timeout": {"type": "int", "default": 600},
+        "host_keys_timeout": {"type": "int", "default": 0},
     }
 
 
@@ -347,6 +366,15 @@ def ensure(module, backend) -> dict:
                 [{"kind": r.kind, "id": r.id} for r in extras]
             names = ", ".join(f"{d['kind']} {d['id']}" for d in result["deleted"])
             result["msg"] = f"deleted {names}" if names else "nothing to delete"
+
+    if p["host_keys_timeout"] > 0 and not check and state in ("present", "running") and result["instance"]:
+        inst = Instance(**result["instance"])
+        result["host_keys"] = backend.host_keys(inst, p["host_keys_timeout"])
+        result["host_key_alias"] = host_key_alias(provider, inst.id)
+        if not result["host_keys"] and provider == "gcp":
+            module.warn(f"{inst.name} published no SSH host keys in its guest attributes within "
+                        f"{p['host_keys_timeout']}s (an image without the guest agent?): the first SSH connection "
+                        "trusts the key it is shown")
 
     if module._diff:
         result["diff"] = {"before": before, "after": after}

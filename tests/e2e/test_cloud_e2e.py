@@ -67,6 +67,7 @@ class BackingHosts:
         self.addresses: list = []  # every address handed out, in order
         self.events: list = []
         self.lock = threading.Lock()
+        self.forged_keys = None  # host keys a GCE guest publishes instead of its own (a test of pinning)
 
     def running(self, name: str, user: str, public_key: str) -> str:
         with self.lock:
@@ -81,6 +82,14 @@ class BackingHosts:
             self.addresses.append(address)
             self.events.append(("running", name, address))
             return address
+
+    def host_keys(self, name: str) -> dict:
+        """{"hostkeys/<type>": base64} from the test host's own /etc/ssh/ssh_host_*_key.pub."""
+        out = {}
+        for pub in sorted(pathlib.Path(self.net.machine(name).dir, "upper/etc/ssh").glob("ssh_host_*_key.pub")):
+            key_type, blob = pub.read_text().split()[:2]
+            out["hostkeys/" + key_type] = blob
+        return out
 
     def stopped(self, name: str):
         with self.lock:
@@ -195,7 +204,11 @@ def gce(hosts):
     def running(inst):
         items = {i["key"]: i["value"] for i in inst.get("metadata", {}).get("items", [])}
         user, key = items["ssh-keys"].splitlines()[0].split(":", 1)
-        return hosts.running("gce-" + inst["name"], user, key)
+        address = hosts.running("gce-" + inst["name"], user, key)
+        if items.get("enable-guest-attributes", "").upper() != "TRUE":
+            return address
+        # the guest agent at boot: publish the SSH host keys (the blob of each /etc/ssh/ssh_host_*_key.pub)
+        return {"natIP": address, "guestAttributes": hosts.forged_keys or hosts.host_keys("gce-" + inst["name"])}
 
     server = gce_server.GceStandin(
         accelerators=dict.fromkeys(GCP_ZONES, ["nvidia-l4", "nvidia-tesla-t4"]),
@@ -252,6 +265,16 @@ def through_tunnel(out, known_hosts):
         opts = ["-o", "StrictHostKeyChecking=accept-new", "-o", f"UserKnownHostsFile={known_hosts}.tunnel"]
     m, stats = e2e_util.through_tunnel(out, opts)
     return m.group(3), m.group(4), stats
+
+
+# a well-formed ssh-ed25519 public key that no test host has
+FORGED_ED25519 = "AAAAC3NzaC1lZDI1NTE5AAAAIBmQ9sD6lTjOaT1v3w7ZB8C8XkQn2wYvV7ZkqJrL1sDd"
+
+
+def pinned(known_hosts, alias) -> set:
+    """The "type base64" keys known_hosts holds for alias."""
+    res = subprocess.run(["ssh-keygen", "-F", alias, "-f", str(known_hosts)], capture_output=True, text=True, check=False)
+    return {" ".join(line.split()[1:3]) for line in res.stdout.splitlines() if line and not line.startswith("#")}
 
 
 def gce_leftovers(gce) -> dict:
@@ -371,8 +394,11 @@ def test_gcp_lifecycle(base, gce, hosts, static_flow):  # static_flow: starts it
     assert (user, addr1) == ("ubuntu", hosts.addresses[-1])
     assert stats["system"]["comfyui_version"] == "0.0.1-fixture"
     assert ssh_allowed_from(ssh_to(base["key"], user, addr1)) == [f"{hosts.net.gateway}/32"]
-    assert f"sdcloud-gcp-{inst['id']}" in subprocess.run(
-        ["ssh-keygen", "-F", f"sdcloud-gcp-{inst['id']}", "-f", str(key_file)], capture_output=True, text=True, check=False).stdout
+    # the host keys were pinned from the guest attributes the guest published, every type, before SSH was used
+    assert gce.requests_for("instances.getGuestAttributes")
+    assert pinned(key_file, f"sdcloud-gcp-{inst['id']}") == {
+        f"{k.split('/', 1)[1]} {v}" for k, v in hosts.host_keys("gce-" + name).items()}
+    assert len(pinned(key_file, f"sdcloud-gcp-{inst['id']}")) == 3  # rsa, ecdsa, ed25519
 
     # 2. status: listed by the inventory plugin from the stand-in, services up
     _, out = play(env, "status.yml", xv)
@@ -388,8 +414,21 @@ def test_gcp_lifecycle(base, gce, hosts, static_flow):  # static_flow: starts it
     _, out = play(env, "status.yml", xv)
     assert re.search(rf"^\s*{name}: stopped on gcp", out, re.M), out[-3000:]
 
-    # 4. start: same instance and disk, a new address picked up through the inventory
+    # a guest that publishes another host key than the one its sshd shows (what a machine in the middle
+    # would present) is refused: the pinned key is checked on every connection
+    hosts.forged_keys = {"hostkeys/ssh-ed25519": FORGED_ED25519}
+    try:
+        rc, out = play(env, "start.yml", dict(xv, sdcloud_wait_timeout=20), check=False)
+    finally:
+        hosts.forged_keys = None
+    assert rc != 0 and re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed", out), out[-3000:]
+    assert f"ssh-ed25519 {FORGED_ED25519}" in pinned(key_file, f"sdcloud-gcp-{inst['id']}")
+    # the instance runs on; its guest publishes its own keys again (as at its next boot)
+    gce.set_guest_attributes(PROJECT, "us-central1-a", name, hosts.host_keys("gce-" + name))
+
+    # 4. start: same instance and disk, a new address picked up through the inventory; the real key pinned again
     _, out = play(env, "start.yml", xv)
+    assert f"ssh-ed25519 {FORGED_ED25519}" not in pinned(key_file, f"sdcloud-gcp-{inst['id']}")
     addr2 = hosts.addresses[-1]
     assert addr2 != addr1
     user, addr, stats = through_tunnel(out, key_file)

@@ -44,9 +44,14 @@ Control endpoints (also available as Python methods on GceStandin):
 - POST   /_standin/config    {"op_polls", "op_seconds", "stuck_operations", "wait_max_seconds"}
 - POST   /_standin/reset     drop all resources, faults and the log
 
-Hooks: `on_instance_running(instance_dict) -> str | None` is called (under the server lock) each time
-an instance turns RUNNING; a returned string becomes its natIP, so an end-to-end test can back each VM
-with a real local test host. `on_instance_stopped(instance_dict)` / `on_instance_deleted(...)` likewise.
+Hooks: `on_instance_running(instance_dict) -> str | dict | None` is called (under the server lock) each
+time an instance turns RUNNING; a returned string becomes its natIP, so an end-to-end test can back each VM
+with a real local test host. A returned dict {"natIP": str, "guestAttributes": {"hostkeys/ssh-ed25519":
+"AAAA...", ...}} also plays the guest writing guest attributes at boot (the guest agent publishes its SSH
+host keys when the instance metadata has enable-guest-attributes=TRUE; that decision is the guest's, so it
+is the hook's). `set_guest_attributes(project, zone, name, {path: value})` does the same from a test.
+instances.getGuestAttributes?queryPath=<namespace>/[<key>] answers them; nothing under the path is
+404 notFound (message text guessed). `on_instance_stopped(instance_dict)` / `on_instance_deleted(...)` likewise.
 Without a hook, natIPs come from TEST-NET-3 (203.0.113.0/24, RFC 5737): never contact them.
 
 Fault table (FAULTS) -- the codes, HTTP statuses and message texts follow these public documents;
@@ -596,6 +601,9 @@ class GceStandin:
         ip = None
         if self.on_instance_running is not None:
             ip = self.on_instance_running(copy.deepcopy(_public(inst)))
+            if isinstance(ip, dict):
+                inst.setdefault("_guestAttributes", {}).update(ip.get("guestAttributes") or {})
+                ip = ip.get("natIP")
         for nic in inst["networkInterfaces"]:
             for ac in nic.get("accessConfigs", []):
                 ac["natIP"] = ip or ac.get("_reserved") or self._natip()
@@ -864,6 +872,26 @@ class GceStandin:
         if body.get("serviceAccounts"):
             inst["serviceAccounts"] = body["serviceAccounts"]
         return inst
+
+    def set_guest_attributes(self, project: str, zone: str, name: str, values: dict):
+        """What the guest does with PUT .../computeMetadata/v1/instance/guest-attributes/<namespace>/<key>."""
+        with self.lock:
+            self._instance(project, zone, name).setdefault("_guestAttributes", {}).update(values)
+
+    def instance_guest_attributes(self, project: str, zone: str, name: str, query: dict) -> dict:
+        """A namespace query ("hostkeys/") lists queryValue.items; a full path ("hostkeys/ssh-ed25519")
+        answers variableKey/variableValue, as the REST reference describes."""
+        inst = self._instance(project, zone, name)
+        path = (query.get("queryPath") or [""])[0]
+        attrs = inst.get("_guestAttributes") or {}
+        link = f"{API}/projects/{project}/zones/{zone}/instances/{name}/getGuestAttributes"
+        found = {k: v for k, v in attrs.items() if not path or k == path or (path.endswith("/") and k.startswith(path))}
+        if not found:
+            raise _not_found(f"projects/{project}/zones/{zone}/instances/{name}/guestAttributes/{path}")
+        if path and not path.endswith("/"):
+            return {"kind": "compute#guestAttributes", "variableKey": path, "variableValue": found[path], "selfLink": link}
+        items = [{"namespace": k.split("/", 1)[0], "key": k.split("/", 1)[1], "value": v} for k, v in sorted(found.items())]
+        return {"kind": "compute#guestAttributes", "queryPath": path, "queryValue": {"items": items}, "selfLink": link}
 
     def instance_get(self, project: str, zone: str, name: str) -> dict:
         inst = self._instance(project, zone, name)
@@ -1279,6 +1307,8 @@ class GceStandin:
             (Z + r"/instances$", "GET", "instances.list", inst_list),
             (Z + r"/instances/" + N + "$", "GET", "instances.get",
              lambda p, b, q, zone, name: s.instance_get(p, zone, name)),
+            (Z + r"/instances/" + N + "/getGuestAttributes$", "GET", "instances.getGuestAttributes",
+             lambda p, b, q, zone, name: s.instance_guest_attributes(p, zone, name, q)),
             (Z + r"/instances/" + N + "$", "DELETE", "instances.delete",
              lambda p, b, q, zone, name: s.instance_delete(p, zone, name)),
             (Z + r"/instances/" + N + "/start$", "POST", "instances.start",

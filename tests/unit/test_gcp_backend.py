@@ -333,3 +333,39 @@ def test_unreachable_endpoint_message():
         backend.find_instance("demo")
     assert err.value.msg.startswith("cannot reach the Compute Engine API while listing instances")
     assert "SDCLOUD_GCP_ENDPOINT" in err.value.msg
+
+
+def _host_key(seed: bytes) -> str:
+    """A well-formed ssh-ed25519 public key blob (SSH wire format, base64) from 32 bytes."""
+    import base64
+
+    t = b"ssh-ed25519"
+    return base64.b64encode(len(t).to_bytes(4, "big") + t + (32).to_bytes(4, "big") + seed).decode()
+
+
+def test_host_keys_from_guest_attributes(gce, backend):
+    inst, _ = backend.create_instance(spec(), wait_timeout=30)
+    body = inserts(gce)[-1]["body"]
+    assert {"key": "enable-guest-attributes", "value": "TRUE"} in body["metadata"]["items"]
+    # nothing published yet (the guest is still booting): [] after the timeout, without raising
+    t0 = time.monotonic()
+    assert backend.host_keys(inst, timeout=0.2) == []
+    assert time.monotonic() - t0 >= 0.2
+    ed, wrong = _host_key(b"k" * 32), _host_key(b"w" * 32)
+    gce.set_guest_attributes(P, inst.zone, inst.name, {
+        "hostkeys/ssh-ed25519": ed + "\n",
+        "hostkeys/ssh-rsa": wrong,  # an ed25519 blob labelled rsa: never pinned
+        "hostkeys/ecdsa-sha2-nistp256": "not base64!",
+        "guest-agent/version": "20250101.00"})  # another namespace
+    assert backend.host_keys(inst, timeout=5) == [f"ssh-ed25519 {ed}"]
+    asked = gce.requests_for("instances.getGuestAttributes")[-1]
+    assert asked["method"] == "GET" and asked["query"]["queryPath"] == "hostkeys/"
+
+
+def test_host_keys_wait_for_the_guest(gce, backend):
+    import threading
+
+    inst, _ = backend.create_instance(spec(), wait_timeout=30)
+    key = _host_key(b"a" * 32)
+    threading.Timer(0.3, gce.set_guest_attributes, (P, inst.zone, inst.name, {"hostkeys/ssh-ed25519": key})).start()
+    assert backend.host_keys(inst, timeout=10) == [f"ssh-ed25519 {key}"]

@@ -10,7 +10,10 @@ below; modules get one with `backend_from_params(params)`.
 from __future__ import annotations
 
 import abc
+import base64
+import binascii
 import dataclasses
+import re
 
 # Every resource sdcloud creates carries these labels/tags; inventory and teardown
 # find resources by them and touch nothing else.
@@ -219,6 +222,12 @@ class Backend(abc.ABC):
         """Delete what create_instance made for the deployment besides the instance (AWS: key pair,
         security group; GCP: nothing or its own extras). Returns the Resources deleted ([] if none)."""
 
+    def host_keys(self, instance: Instance, timeout: int) -> list:
+        """The SSH host keys the machine's guest published through the cloud API, as "type base64" lines,
+        waiting up to `timeout` seconds for them; [] when the provider or image offers none (the first
+        connection then trusts the key it is shown)."""
+        return []
+
     # --- firewall --------------------------------------------------------------------------------
     @abc.abstractmethod
     def get_firewall(self, name: str) -> Firewall | None:
@@ -257,3 +266,25 @@ def backend_from_params(params: dict) -> Backend:
     else:
         raise SdcloudError(f"unknown provider {provider!r}: use gcp or aws")
     return cls.from_params(params)
+
+
+HOST_KEY_TYPES = ("ssh-ed25519", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521", "ssh-rsa")
+
+
+def host_key_alias(provider: str, instance_id: str) -> str:
+    """The name a cloud machine's host key is recorded under in known_hosts (HostKeyAlias): stable across
+    IP changes, unique per instance."""
+    return "sdcloud-%s-%s" % (provider, re.sub(r"[^A-Za-z0-9_]", "_", str(instance_id)))
+
+
+def valid_host_key(key_type: str, blob: str) -> bool:
+    """Whether `blob` is the base64 SSH wire encoding of a public key of `key_type` (it starts with the
+    length-prefixed type name), so a garbled or mislabelled value is never pinned."""
+    if key_type not in HOST_KEY_TYPES or not blob:
+        return False
+    try:
+        wire = base64.b64decode(blob, validate=True)
+    except (binascii.Error, ValueError):
+        return False
+    prefix = len(key_type).to_bytes(4, "big") + key_type.encode()
+    return wire.startswith(prefix) and len(wire) > len(prefix) + 4

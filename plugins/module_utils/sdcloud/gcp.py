@@ -24,6 +24,11 @@ What it does, and the choices behind it:
   `sdcloud-managed=true sdcloud-deployment=<deployment>`. The sweep trusts only rules that carry the
   marker (a name prefix alone is ambiguous: "sdcloud-demo-" is also a prefix of "sdcloud-demo-2-...").
   User labels cannot be stored on a rule and are ignored there.
+- Host keys: instances are created with metadata enable-guest-attributes=TRUE, so the guest agent (or
+  cloud-init on Ubuntu images) publishes the SSH host keys in the guest attributes namespace `hostkeys`
+  at boot; host_keys() reads them (instances.getGuestAttributes, queryPath hostkeys/) so the controller
+  pins the key before its first connection, as `gcloud compute ssh` does
+  (https://cloud.google.com/compute/docs/metadata/manage-guest-attributes).
 - Every google.api_core / google.auth exception becomes SdcloudError with a message naming the fix.
 """
 
@@ -59,6 +64,7 @@ from ansible.module_utils.sdcloud.base import (
     Resource,
     SdcloudError,
     managed_labels,
+    valid_host_key,
 )
 from ansible.module_utils.sdcloud.clients import HAS_GCP, gcp_clients
 
@@ -431,6 +437,29 @@ class GcpBackend(Backend):
         return self._read(lambda: self.gc.instances.get(project=self.project, zone=zone, instance=name),
                           f"reading instance {name}", zone)
 
+    def host_keys(self, instance: Instance, timeout: int) -> list:
+        """The SSH host keys the guest published in guest attributes, "type base64" sorted; waits up to
+        `timeout` s for them (they appear a few seconds after boot). [] when none came: an image without
+        the guest agent, or guest attributes disabled by an organisation policy."""
+        request = compute_v1.GetGuestAttributesInstanceRequest(project=self.project, zone=instance.zone,
+                                                               instance=instance.name, query_path="hostkeys/")
+        deadline = time.monotonic() + max(0, timeout)
+        while True:
+            try:
+                ga = errors.retry(lambda: self.gc.instances.get_guest_attributes(request=request),
+                                  is_retryable=_retryable_read)
+                keys = sorted({f"{e.key} {e.value.strip()}" for e in ga.query_value.items
+                               if e.namespace == "hostkeys" and valid_host_key(e.key, e.value.strip())})
+                if keys:
+                    return keys
+            except gexc.NotFound:
+                pass  # nothing published (yet)
+            except Exception as exc:
+                raise gcp_error(exc, f"reading the host keys of {instance.name}", self.project, instance.zone) from exc
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
     def _wait_state(self, zone: str, name: str, statuses: tuple, *, want_ip: bool, what: str, deadline: float,
                     timeout: int):
         while True:
@@ -542,7 +571,9 @@ class GcpBackend(Backend):
         else:
             scheduling = compute_v1.Scheduling(provisioning_model="STANDARD", on_host_maintenance="TERMINATE",
                                                automatic_restart=True)
-        items = [compute_v1.Items(key="sdcloud-image", value=image)]
+        # enable-guest-attributes: the guest publishes its SSH host keys there (see host_keys)
+        items = [compute_v1.Items(key="sdcloud-image", value=image),
+                 compute_v1.Items(key="enable-guest-attributes", value="TRUE")]
         if spec.ssh_public_key:
             items.append(compute_v1.Items(key="ssh-keys", value=f"{spec.ssh_user}:{spec.ssh_public_key.strip()}"))
         body = compute_v1.Instance(
