@@ -111,7 +111,8 @@ options:
     description:
       - When above 0 and the instance runs, also return the SSH host keys its guest published through the cloud
         API (GCP guest attributes, namespace C(hostkeys)), waiting up to this many seconds for them, so the caller
-        can pin them before the first connection. AWS returns none (the first connection trusts the key shown).
+        can pin them before the first connection; AWS reads the keys cloud-init prints on the serial console
+        (GetConsoleOutput).
     type: int
     default: 0
 notes:
@@ -371,10 +372,12 @@ def ensure(module, backend) -> dict:
         inst = Instance(**result["instance"])
         result["host_keys"] = backend.host_keys(inst, p["host_keys_timeout"])
         result["host_key_alias"] = host_key_alias(provider, inst.id)
-        if not result["host_keys"] and provider == "gcp":
-            module.warn(f"{inst.name} published no SSH host keys in its guest attributes within "
-                        f"{p['host_keys_timeout']}s (an image without the guest agent?): the first SSH connection "
-                        "trusts the key it is shown")
+        if not result["host_keys"]:
+            where = ("in its guest attributes (an image without the guest agent?)" if provider == "gcp"
+                     else "on its serial console (an image without cloud-init, the console not posted yet, "
+                          "or no ec2:GetConsoleOutput permission?)")
+            module.warn(f"{inst.name} published no SSH host keys {where} within {p['host_keys_timeout']}s: "
+                        "the first SSH connection trusts the key it is shown")
 
     if module._diff:
         result["diff"] = {"before": before, "after": after}

@@ -222,7 +222,11 @@ def gce(hosts):
 @pytest.fixture(scope="module")
 def moto(hosts):
     def running(info):
-        return hosts.running("aws-" + info["id"], info["tags"].get("sdcloud-ssh-user", "ubuntu"), info["public_key"])
+        address = hosts.running("aws-" + info["id"], info["tags"].get("sdcloud-ssh-user", "ubuntu"), info["public_key"])
+        # cloud-init at boot: the SSH host keys on the serial console, as EC2 shows them in GetConsoleOutput
+        keys = "".join(f"{k.split('/', 1)[1]} {v} root@{info['id']}\n" for k, v in hosts.host_keys("aws-" + info["id"]).items())
+        return {"public_ip": address, "console_output": "ec2: ####\n-----BEGIN SSH HOST KEY KEYS-----\n" + keys
+                + "-----END SSH HOST KEY KEYS-----\nec2: ####\n"}
 
     server, ctl = moto_faults.serve_in_thread(
         on_instance_running=running,
@@ -465,6 +469,9 @@ def test_aws_lifecycle(base, moto, hosts):
                      r"estimate\)", out), out[-3000:]
     user, addr, stats = through_tunnel(out, key_file)
     assert (user, addr) == ("ubuntu", addr1) and stats["system"]["comfyui_version"] == "0.0.1-fixture"
+    # the host keys cloud-init printed on the console were pinned, every type
+    assert pinned(key_file, f"sdcloud-aws-{iid.replace('-', '_')}") == {
+        f"{k.split('/', 1)[1]} {v}" for k, v in hosts.host_keys("aws-" + iid).items()}
 
     # 2. status
     _, out = play(env, "status.yml", xv)

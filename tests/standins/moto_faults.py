@@ -13,6 +13,7 @@ Control endpoint (JSON):
   GET    /_faults    the faults with their hit counts;   DELETE /_faults  removes all.
   GET    /_requests  every EC2 call seen: [{"action", "zone", "market", "faulted"}] (+ "params", the
                      query parameters, for RunInstances);  DELETE clears.
+  POST   /_console   {"instance_id", "output"}: what the instance printed on its serial console (see hooks)
   POST   /moto-api/reset  moto's own reset (clears all AWS state).
 
 Instance hooks (in-process only, see serve_in_thread): `on_instance_running(info) -> str | None` is
@@ -21,7 +22,10 @@ string becomes the instance's public IP (in moto's state and in that answer), so
 can back each instance with a real local test host. `on_instance_stopped(info)` /
 `on_instance_deleted(info)` follow StopInstances / TerminateInstances. `info`: id, region, zone, state,
 tags, key_name, public_key (the key pair's OpenSSH public key), public_ip. Without hooks, moto
-invents public IPs: never contact them.
+invents public IPs: never contact them. A running hook may return {"public_ip": str, "console_output":
+str} instead: the text is what the instance printed on its serial console at boot (cloud-init prints
+the SSH host keys there), and GetConsoleOutput answers it (base64, as EC2 does) instead of moto's
+fixed sample, which holds no keys.
 
 Run: python tests/standins/moto_faults.py --port 5055   (prints "READY <port>" when listening).
 It sets MOTO_AMIS_PATH (tests/standins/amis.json) and MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION=true
@@ -31,6 +35,8 @@ before moto is imported, unless already set.
 from __future__ import annotations
 
 import argparse
+import base64
+import datetime
 import io
 import json
 import os
@@ -99,6 +105,7 @@ class FaultMiddleware:
         self.on_instance_running = on_instance_running
         self.on_instance_stopped = on_instance_stopped
         self.on_instance_deleted = on_instance_deleted
+        self.console: dict = {}  # instance id -> console text its running hook returned
 
     # -- control endpoint ---------------------------------------------------------------------
     def _json(self, start_response, obj, status="200 OK"):
@@ -120,6 +127,11 @@ class FaultMiddleware:
                 elif method == "DELETE":
                     self.faults.clear()
                 return self._json(start_response, {"faults": self.faults})
+            if path == "/_console":  # what an instance printed on its serial console (as the hook's console_output)
+                if method == "POST":
+                    data = json.loads(_read_body(environ) or b"{}")
+                    self.console[data["instance_id"]] = data["output"]
+                return self._json(start_response, {"console": self.console})
             if method == "DELETE":
                 self.requests.clear()
             return self._json(start_response, {"requests": self.requests})
@@ -141,7 +153,7 @@ class FaultMiddleware:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        if path in ("/_faults", "/_requests"):
+        if path in ("/_faults", "/_requests", "/_console"):
             return self._control(environ, start_response, path)
         body = _read_body(environ)
         form = {}
@@ -160,6 +172,8 @@ class FaultMiddleware:
             if action == "RunInstances":
                 entry["params"] = form  # to assert what was asked (market options, tags, disk)
             self.requests.append(entry)
+        if fault is None and action == "GetConsoleOutput" and form.get("InstanceId") in self.console:
+            return self._console_output(start_response, form["InstanceId"])
         if fault is None:
             hook = getattr(self, HOOKED_ACTIONS.get(action, ""), None)
             if hook is None:
@@ -174,6 +188,16 @@ class FaultMiddleware:
                        [("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(payload)))])
         return [payload]
 
+
+    def _console_output(self, start_response, instance_id):
+        """EC2's GetConsoleOutput answer (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_GetConsoleOutput.html)."""
+        output = base64.b64encode(self.console[instance_id].encode()).decode()
+        now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+        payload = (f'<?xml version="1.0" encoding="UTF-8"?>\n<GetConsoleOutputResponse xmlns="http://ec2.amazonaws.com/doc/2016-11-15/">'
+                   f"<requestId>{uuid.uuid4()}</requestId><instanceId>{instance_id}</instanceId>"
+                   f"<timestamp>{now}</timestamp><output>{output}</output></GetConsoleOutputResponse>").encode()
+        start_response("200 OK", [("Content-Type", "text/xml;charset=UTF-8"), ("Content-Length", str(len(payload)))])
+        return [payload]
 
     # -- instance hooks -----------------------------------------------------------------------
     def _hooked(self, environ, start_response, hook, action):
@@ -213,6 +237,10 @@ class FaultMiddleware:
                 "key_name": inst.key_name, "public_key": key.public_key if key else None,
                 "public_ip": inst.public_ip, "action": action}
         ip = hook(info)
+        if isinstance(ip, dict):
+            if ip.get("console_output") is not None:
+                self.console[instance_id] = ip["console_output"]
+            ip = ip.get("public_ip")
         if action in ("RunInstances", "StartInstances") and isinstance(ip, str):
             old = inst.public_ip
             inst.nics[0].public_ip = ip
@@ -288,6 +316,10 @@ class Control:
         with urllib.request.urlopen(req, timeout=10) as resp:
             body = resp.read()
         return json.loads(body) if body and body[:1] in (b"{", b"[") else body
+
+    def console_output(self, instance_id: str, output: str):
+        """Make GetConsoleOutput of instance_id answer `output` (what the instance printed at boot)."""
+        self._call("POST", "/_console", {"instance_id": instance_id, "output": output})
 
     def reset(self):
         """Clear all AWS state, faults and the request log."""

@@ -108,3 +108,64 @@ def test_timeout_says_what_it_waited_for(moto, monkeypatch):
     with pytest.raises(SdcloudError) as err:
         backend._wait(inst, "stopped", 0)
     assert "timed out after 0s waiting for instance" in err.value.msg and "to be stopped" in err.value.msg
+
+
+def _blob(key_type: str, seed: bytes) -> str:
+    import base64
+
+    t = key_type.encode()
+    return base64.b64encode(len(t).to_bytes(4, "big") + t + (len(seed)).to_bytes(4, "big") + seed).decode()
+
+
+ED, ECDSA = _blob("ssh-ed25519", b"e" * 32), _blob("ecdsa-sha2-nistp256", b"c" * 65)
+CONSOLE = f"""[   11.2] cloud-init[812]: Cloud-init v. 24.1 running 'modules:final'
+ec2: #############################################################
+ec2: -----BEGIN SSH HOST KEY FINGERPRINTS-----
+ec2: 256 SHA256:abc root@ip-10-0-0-1 (ECDSA)
+ec2: -----END SSH HOST KEY FINGERPRINTS-----
+-----BEGIN SSH HOST KEY KEYS-----
+ecdsa-sha2-nistp256 {ECDSA} root@ip-10-0-0-1
+[   12.0] ssh-ed25519 {ED} root@ip-10-0-0-1
+ssh-rsa {ED} root@ip-10-0-0-1
+-----END SSH HOST KEY KEYS-----
+"""
+
+
+def test_console_host_keys_parses_the_cloud_init_block():
+    # prefixes are skipped; an ed25519 blob labelled ssh-rsa is not a key; the last boot's block wins
+    assert aws.console_host_keys(CONSOLE) == sorted([f"ecdsa-sha2-nistp256 {ECDSA}", f"ssh-ed25519 {ED}"])
+    older = CONSOLE.replace(ED, _blob("ssh-ed25519", b"o" * 32))
+    assert aws.console_host_keys(older + CONSOLE) == aws.console_host_keys(CONSOLE)
+    assert aws.console_host_keys("no keys here") == [] and aws.console_host_keys("") == []
+
+
+def _running(name, gpu):
+    failed, res = moto_faults.run_module(gpu_instance.main, {
+        "provider": "aws", "name": name, "gpu": gpu, "zones": ["us-east-1"], "wait_timeout": 30})
+    assert not failed, res["msg"]
+    backend = aws.AwsBackend(["us-east-1"])
+    return backend, backend.find_instance(name)
+
+
+def test_host_keys_from_the_console_output(moto):
+    backend, inst = _running("hk", "nvidia-l4")
+    assert backend.host_keys(inst, timeout=0.1) == []  # moto's sample console holds no keys
+    moto.console_output(inst.id, CONSOLE)
+    assert backend.host_keys(inst, timeout=5) == sorted([f"ecdsa-sha2-nistp256 {ECDSA}", f"ssh-ed25519 {ED}"])
+    failed, res = moto_faults.run_module(gpu_instance.main, {
+        "provider": "aws", "name": "hk", "zones": ["us-east-1"], "wait_timeout": 30, "host_keys_timeout": 5})
+    assert not failed and res["host_key_alias"] == f"sdcloud-aws-{inst.id.replace('-', '_')}"
+    assert res["host_keys"] == sorted([f"ecdsa-sha2-nistp256 {ECDSA}", f"ssh-ed25519 {ED}"])
+
+
+def test_host_keys_not_nitro_and_no_permission(moto):
+    backend, inst = _running("hk2", "nvidia-t4")
+    moto.console_output(inst.id, CONSOLE)
+    # Latest=true refused (a Xen type): the buffered output is read instead
+    moto.fault("GetConsoleOutput", "UnsupportedOperation", count=1, message="Latest is not supported for this instance type")
+    assert backend.host_keys(inst, timeout=5) == sorted([f"ecdsa-sha2-nistp256 {ECDSA}", f"ssh-ed25519 {ED}"])
+    calls = moto.requests("GetConsoleOutput")
+    assert [c["faulted"] for c in calls[-2:]] == ["UnsupportedOperation", None]
+    # no ec2:GetConsoleOutput permission: no keys (the module warns, the first connection trusts the key)
+    moto.fault("GetConsoleOutput", "UnauthorizedOperation", message="You are not authorized to perform this operation.")
+    assert backend.host_keys(inst, timeout=5) == []

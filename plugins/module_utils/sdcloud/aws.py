@@ -8,11 +8,17 @@ sdcloud-deployment=<name>):
 - key pair      sdcloud-<name>      (when an ssh_public_key is given)
 - security group sdcloud-<name>     (default VPC; no ingress until cloud_firewall adds it)
 - the instance, its root EBS volume, and for spot its persistent spot request.
+
+Host keys: cloud-init prints the instance's SSH host keys on the serial console between
+"-----BEGIN SSH HOST KEY KEYS-----" and "-----END SSH HOST KEY KEYS-----"; host_keys() reads them
+with GetConsoleOutput (Latest=true on Nitro instance types, the buffered output otherwise) so the
+controller pins them before its first connection.
 """
 
 from __future__ import annotations
 
 import datetime
+import itertools
 import os
 import re
 import time
@@ -45,6 +51,7 @@ from ansible.module_utils.sdcloud.base import (
     Resource,
     SdcloudError,
     managed_labels,
+    valid_host_key,
 )
 from ansible.module_utils.sdcloud.clients import ENV_AWS_ENDPOINT, aws_client, aws_config, aws_session
 from ansible.module_utils.sdcloud.errors import (
@@ -166,6 +173,23 @@ def list_instances(session_or_client, deployment: str | None = None, regions=Non
     for region, ec2 in clients:
         found.extend(_describe_instances(ec2, region, deployment))
     return found
+
+
+_KEYS_BLOCK = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
+
+
+def console_host_keys(output: str) -> list:
+    """The host keys of the last cloud-init keys block in console output; lines may carry a console prefix
+    ("ec2: ", "[   12.3] cloud-init[812]: "). Only well-formed keys of their stated type."""
+    blocks = _KEYS_BLOCK.findall(output or "")
+    keys = set()
+    for line in (blocks[-1] if blocks else "").splitlines():
+        fields = line.split()
+        for key_type, blob in itertools.pairwise(fields):
+            if valid_host_key(key_type, blob):
+                keys.add(f"{key_type} {blob}")
+                break
+    return sorted(keys)
 
 
 def _describe_instances(ec2, region: str, deployment: str | None, states=None) -> list:
@@ -528,6 +552,30 @@ class AwsBackend(Backend):
             aws_call(self.ec2(instance.region).start_instances, f"starting {instance.id}", instance.region,
                      InstanceIds=[instance.id])
         return self._wait(instance, RUNNING, wait_timeout, need_ip=True)
+
+    def host_keys(self, instance: Instance, timeout: int) -> list:
+        """The SSH host keys cloud-init printed on the serial console, "type base64" sorted; polls up to
+        `timeout` s (the console is written a little after boot). [] when none appeared: an image
+        without cloud-init, or console output not yet posted (Xen types post it minutes late)."""
+        ec2 = self.ec2(instance.region)
+        deadline = time.monotonic() + max(0, timeout)
+        latest = True
+        while True:
+            try:
+                res = aws_call(ec2.get_console_output, f"reading the console output of {instance.id}", instance.region,
+                               InstanceId=instance.id, **({"Latest": True} if latest else {}))
+            except SdcloudError as exc:
+                code = exc.details.get("code")
+                if latest and code in ("UnsupportedOperation", "InvalidParameterCombination", "InvalidParameterValue"):
+                    latest = False  # not a Nitro type: only the buffered output exists
+                    continue
+                if code in ("UnauthorizedOperation", "AccessDenied"):
+                    return []  # no ec2:GetConsoleOutput: the caller warns and the first connection trusts the key
+                raise
+            keys = console_host_keys(res.get("Output") or "")
+            if keys or time.monotonic() >= deadline:
+                return keys
+            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
 
     def stop_instance(self, instance: Instance, wait_timeout: int) -> Instance:
         if instance.state in (RUNNING, PENDING):
