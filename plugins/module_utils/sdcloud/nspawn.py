@@ -73,15 +73,34 @@ def _run(cmd, check=True, **kw):
     return res
 
 
-def _pid_alive(pid, marker=None):
+def _proc_start(pid):
+    """When process `pid` started (clock ticks since boot), None when there is none (or a zombie).
+    A PID plus its start time names one process: a PID alone may have been reused since we wrote it."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError, TypeError):
+        return None
+    if fields[0] in ("Z", "X"):
+        return None
+    return int(fields[19])
+
+
+def _pid_alive(pid, marker=None, start=None):
+    """True when `pid` is still the process we started: its start time is `start` (when recorded)
+    and its command line contains `marker` (when given)."""
     if not pid:
         return False
+    started = _proc_start(pid)
+    if started is None or (start is not None and started != start):
+        return False
+    if marker is None:
+        return True
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
-            cmdline = f.read().decode(errors="replace")
+            return marker in f.read().decode(errors="replace")
     except OSError:
         return False
-    return marker is None or marker in cmdline
 
 
 @contextlib.contextmanager
@@ -198,10 +217,16 @@ class Network:
         return os.path.join(self.state_dir, what + ".pid")
 
     def _read_pid(self, what):
+        """(pid, start time) from the pidfile; (None, None) when there is none."""
         try:
-            return int(open(self._pidfile(what)).read().strip())
-        except (OSError, ValueError):
-            return None
+            parts = [int(x) for x in _read(self._pidfile(what)).split()]
+        except ValueError:
+            return None, None
+        return tuple(parts + [None, None])[:2] if parts else (None, None)
+
+    def _write_pid(self, what, pid):
+        with open(self._pidfile(what), "w") as f:
+            f.write("%d %d\n" % (pid, _proc_start(pid) or 0))
 
     def bridge_exists(self):
         return os.path.exists(f"/sys/class/net/{self.bridge}")
@@ -215,7 +240,8 @@ class Network:
             _run(["ip", "addr", "add", "%s/%d" % (self.gateway, self.subnet.prefixlen), "dev", self.bridge])
             _run(["ip", "link", "set", self.bridge, "up"])
             changed = True
-        if not _pid_alive(self._read_pid("proxy"), "tinyproxy"):
+        pid, start = self._read_pid("proxy")
+        if not _pid_alive(pid, "tinyproxy", start):
             conf = os.path.join(self.state_dir, "tinyproxy.conf")
             with open(conf, "w") as f:
                 f.write(
@@ -227,8 +253,7 @@ class Network:
             log = open(os.path.join(self.state_dir, "tinyproxy.log"), "ab")  # noqa: SIM115 - handed to the daemon
             proc = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdout=log, stderr=log,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
-            with open(self._pidfile("proxy"), "w") as f:
-                f.write(str(proc.pid))
+            self._write_pid("proxy", proc.pid)
             _wait_port(self.gateway, PROXY_PORT, 10, f"the egress proxy (tinyproxy) on {self.gateway}")
             changed = True
         return changed
@@ -237,9 +262,9 @@ class Network:
         """Stop what up() started (by PID) and delete the bridge. Returns True if changed."""
         changed = False
         for what in ("proxy",) + tuple(self._extra_services()):
-            pid = self._read_pid(what)
-            if _pid_alive(pid):
-                _kill_group(pid)
+            pid, start = self._read_pid(what)
+            if _pid_alive(pid, start=start):
+                _kill_group(pid, start=start)
                 changed = True
             with contextlib.suppress(OSError):
                 os.unlink(self._pidfile(what))
@@ -259,7 +284,8 @@ class Network:
         """Start a helper daemon listening on the bridge address at `port` (e.g. a git daemon serving
         test fixtures), recorded by PID and stopped by down(). Idempotent. Fails when something else
         already answers on that address and port, or when the daemon does not come up."""
-        if _pid_alive(self._read_pid(what), marker):
+        pid, start = self._read_pid(what)
+        if _pid_alive(pid, marker, start):
             return False
         self.up()
         with contextlib.suppress(OSError), socket.create_connection((self.gateway, port), timeout=1):
@@ -268,8 +294,7 @@ class Network:
         logfile = os.path.join(self.state_dir, what + ".log")
         log = open(logfile, "ab")  # noqa: SIM115 - handed to the daemon
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        with open(self._pidfile(what), "w") as f:
-            f.write(str(proc.pid))
+        self._write_pid(what, proc.pid)
         try:
             _wait_port(self.gateway, port, 10, what)
         except MachineError:
@@ -278,9 +303,9 @@ class Network:
         return True
 
     def stop_service(self, what):
-        pid = self._read_pid(what)
-        if _pid_alive(pid):
-            _kill_group(pid)
+        pid, start = self._read_pid(what)
+        if _pid_alive(pid, start=start):
+            _kill_group(pid, start=start)
         with contextlib.suppress(OSError):
             os.unlink(self._pidfile(what))
 
@@ -323,15 +348,19 @@ def _wait_port(host, port, timeout, what, banner=False):
     raise MachineError(f"timed out after {timeout}s waiting for {what} ({host}:{port}): {last}")
 
 
-def _kill_group(pid, timeout=30):
-    """SIGTERM the process group we started, wait, then SIGKILL what is left."""
+def _kill_group(pid, timeout=30, start=None):
+    """SIGTERM the process group we started (its leader `pid`, started at `start`), wait, then SIGKILL
+    what is left - never a process that merely inherited the PID."""
+    start = start or _proc_start(pid)
+    if start is None:
+        return
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and _pid_alive(pid):
+    while time.monotonic() < deadline and _pid_alive(pid, start=start):
         _reap(pid)
         time.sleep(0.1)
-    if _pid_alive(pid):
+    if _pid_alive(pid, start=start):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pid, signal.SIGKILL)
         time.sleep(0.2)
@@ -375,7 +404,7 @@ class Machine:
         return os.path.join(self.network.state_dir, "sdcloud-nspawn-supervisor")
 
     def running(self):
-        return _pid_alive(self.meta.get("pid"), "sdcloud-nspawn-supervisor")
+        return _pid_alive(self.meta.get("pid"), "sdcloud-nspawn-supervisor", self.meta.get("pid_start"))
 
     @property
     def state(self):
@@ -386,6 +415,7 @@ class Machine:
     def info(self):
         d = dict(self.meta)
         d.pop("pid", None)
+        d.pop("pid_start", None)
         d["state"] = self.state
         return d
 
@@ -478,7 +508,7 @@ class Machine:
                 "--uuid=" + m["uuid"], "--console=read-only", "--hostname=" + self.name]
         log = open(os.path.join(self.dir, "console.log"), "ab")  # noqa: SIM115 - handed to the machine
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
-        m["pid"] = proc.pid
+        m["pid"], m["pid_start"] = proc.pid, _proc_start(proc.pid)
         m["started"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         self._save()
         try:
@@ -503,8 +533,9 @@ class Machine:
         if not self.running():
             self._umount()
             return False
-        _kill_group(self.meta["pid"], timeout)
+        _kill_group(self.meta["pid"], timeout, self.meta.get("pid_start"))
         self.meta.pop("pid", None)
+        self.meta.pop("pid_start", None)
         self._save()
         self._umount()
         return True

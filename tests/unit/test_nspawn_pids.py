@@ -1,0 +1,91 @@
+"""The test-host machinery stops only what it started: a recorded PID counts only while the process
+holding it has the recorded start time (a PID alone may have been reused by an unrelated process
+since - killing that one could take down the very test run that asked for the cleanup)."""
+
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from plugins.module_utils.sdcloud import nspawn
+
+
+@pytest.fixture
+def network(tmp_path):
+    net = nspawn.Network(net=9, state_root=str(tmp_path))
+    os.makedirs(net.machines_dir)
+    return net
+
+
+@pytest.fixture
+def sleeper():
+    procs = []
+
+    def start(argv=("sleep", "60")):
+        p = subprocess.Popen(list(argv), start_new_session=True)
+        procs.append(p)
+        time.sleep(0.1)
+        return p
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+def test_a_reused_pid_is_not_ours(network, sleeper):
+    p = sleeper()
+    start = nspawn._proc_start(p.pid)
+    with open(network._pidfile("git-daemon"), "w") as f:
+        f.write("%d %d\n" % (p.pid, start - 1))  # the PID we recorded, now held by another process
+    network.stop_service("git-daemon")
+    assert p.poll() is None, "stop_service killed a process it did not start"
+    assert not os.path.exists(network._pidfile("git-daemon"))
+
+
+def test_our_pid_is_stopped(network, sleeper):
+    p = sleeper()
+    network._write_pid("git-daemon", p.pid)
+    assert network._read_pid("git-daemon") == (p.pid, nspawn._proc_start(p.pid))
+    network.stop_service("git-daemon")
+    assert p.wait(5) is not None
+
+
+def test_down_spares_a_reused_proxy_pid(network, sleeper):
+    p = sleeper()
+    with open(network._pidfile("proxy"), "w") as f:
+        f.write("%d %d\n" % (p.pid, nspawn._proc_start(p.pid) + 1))
+    network.down()
+    assert p.poll() is None
+    assert not os.path.exists(network.state_dir)
+
+
+def test_a_zombie_is_not_alive(sleeper):
+    p = sleeper(("true",))
+    time.sleep(0.2)  # exited, not reaped yet
+    assert not nspawn._pid_alive(p.pid)
+
+
+def test_legacy_pidfile_without_start_time(network):
+    with open(network._pidfile("proxy"), "w") as f:
+        f.write("12345\n")
+    assert network._read_pid("proxy") == (12345, None)
+    assert network._read_pid("absent") == (None, None)
+
+
+def test_machine_running_needs_marker_and_start_time(network, sleeper):
+    p = sleeper(("bash", "-c", "exec -a sdcloud-nspawn-supervisor sleep 60"))
+    m = network.machine("sdc-pid")
+    os.makedirs(m.dir)
+    meta = {"name": "sdc-pid", "pid": p.pid, "pid_start": nspawn._proc_start(p.pid)}
+    with open(m.meta_path, "w") as f:
+        json.dump(meta, f)
+    assert network.machine("sdc-pid").state == "running"
+    meta["pid_start"] += 1
+    with open(m.meta_path, "w") as f:
+        json.dump(meta, f)
+    assert network.machine("sdc-pid").state == "stopped"
+    assert network.machine("sdc-pid").stop() is False
+    assert p.poll() is None, "stop() killed a process that only holds the machine's old PID"
