@@ -10,53 +10,80 @@ export PATH="$PWD/.venv/bin:$PATH"
 export SDCLOUD_NET="${SDCLOUD_NET:-8}"
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(lint molecule pytest)
-declare -a report
+# Every stage's whole output goes to its log; the console shows lint and pytest in full and, for
+# molecule, only molecule's own step lines (the playbooks' task output is in the log). A failed
+# stage is summed up again at the end, above the timings, so the end of the output says what broke.
+logs="${SDCLOUD_TEST_LOGS:-$PWD/.test-logs}"
+rm -rf "$logs" && mkdir -p "$logs"
+declare -a report digest
 failed=0
 pytest_line=""
 
-run_stage() {  # name, command...
-  local name=$1; shift
-  local t0=$SECONDS
-  echo "=== stage $name: $*"
-  if "$@"; then
+run_stage() {  # name, console filter (cat or molecule), command...
+  local name=$1 filter=$2; shift 2
+  local log="$logs/${name// /-}.log" t0=$SECONDS rc
+  echo "=== stage $name: $*   (log: ${log#"$PWD"/})"
+  if [ "$filter" = molecule ]; then
+    "$@" 2>&1 | tee "$log" | grep --line-buffered -E '^(INFO|WARNING|ERROR|CRITICAL) '
+  else
+    "$@" 2>&1 | tee "$log"
+  fi
+  rc=${PIPESTATUS[0]}
+  if [ "$rc" = 0 ]; then
     report+=("$(printf '%-28s %5ds  ok' "$name" $((SECONDS - t0)))")
   else
-    report+=("$(printf '%-28s %5ds  FAILED' "$name" $((SECONDS - t0)))")
+    report+=("$(printf '%-28s %5ds  FAILED (rc %s, log %s)' "$name" $((SECONDS - t0)) "$rc" "${log#"$PWD"/}")")
+    digest+=("$name|$log")
     failed=1
   fi
 }
 
-run_pytest() {  # pytest args...
-  local log
-  log=$(mktemp)
-  python -m pytest -p no:cacheprovider -ra "$@" 2>&1 | tee "$log"
-  local rc=${PIPESTATUS[0]}
-  pytest_line=$(grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' "$log" | tail -1)
-  rm -f "$log"
-  return "$rc"
+failure_digest() {  # name, log: the lines that say why the stage failed
+  local name=$1 log=$2 n
+  echo "=== FAILED stage $name (whole log: ${log#"$PWD"/})"
+  n=$(grep -n -m1 -E '^=+ short test summary info' "$log" | cut -d: -f1)
+  if [ -n "$n" ]; then  # pytest: its own summary, one line per failed test
+    tail -n +"$n" "$log" | head -40
+    return
+  fi
+  n=$(grep -n -m1 -E '^(CRITICAL|ERROR) |Ansible return code was' "$log" | cut -d: -f1)
+  if [ -n "$n" ]; then  # molecule: the task output that led to the first failed step
+    sed -n "$((n > 60 ? n - 60 : 1)),$((n + 2))p" "$log" | cut -c1-400
+    return
+  fi
+  tail -n 40 "$log" | cut -c1-400
+}
+
+run_pytest() {  # pytest args (wide: the summary lines keep their messages)
+  COLUMNS=200 python -m pytest -p no:cacheprovider -ra "$@"
 }
 
 for stage in "${stages[@]}"; do
   case $stage in
     lint)
-      run_stage ruff ruff check plugins tests bench bin
-      run_stage yamllint yamllint --strict .
-      run_stage ansible-lint ansible-lint --offline -q
+      run_stage ruff cat ruff check plugins tests bench bin
+      run_stage yamllint cat yamllint --strict .
+      run_stage ansible-lint cat ansible-lint --offline -q
       ;;
     molecule)
       for s in molecule/*/molecule.yml; do
         s=$(basename "$(dirname "$s")")
         [ "$s" = shared ] && continue
-        run_stage "molecule $s" molecule test -s "$s"
+        run_stage "molecule $s" molecule molecule test -s "$s"
       done
       ;;
-    unit) run_stage "pytest unit" run_pytest tests/unit ;;
-    e2e) run_stage "pytest e2e" run_pytest tests/e2e ;;
-    pytest) run_stage "pytest unit+e2e" run_pytest tests/unit tests/e2e ;;
+    unit) run_stage "pytest unit" cat run_pytest tests/unit ;;
+    e2e) run_stage "pytest e2e" cat run_pytest tests/e2e ;;
+    pytest) run_stage "pytest unit+e2e" cat run_pytest tests/unit tests/e2e ;;
     *) echo "unknown stage $stage (lint, molecule, unit, e2e, pytest)" >&2; exit 2 ;;
   esac
 done
 
+for d in "${digest[@]}"; do
+  echo
+  failure_digest "${d%%|*}" "${d#*|}"
+done
+pytest_line=$(cat "$logs"/pytest-*.log 2>/dev/null | grep -E '^=+ .*(passed|failed|error).* in [0-9.]+s' | tail -1)
 echo
 echo "=== timings"
 printf '%s\n' "${report[@]}"
