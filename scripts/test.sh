@@ -54,6 +54,15 @@ failure_digest() {  # name, log: the lines that say why the stage failed
   tail -n 40 "$log" | cut -c1-400
 }
 
+ansible_doc_all() {  # every plugin's DOCUMENTATION must render (a YAML slip there breaks `ansible-doc`)
+  local f rc=0
+  for f in plugins/modules/*.py; do ansible-doc -t module "$(basename "$f" .py)" >/dev/null || rc=1; done
+  for f in plugins/inventory/*.py; do ansible-doc -t inventory "$(basename "$f" .py)" >/dev/null || rc=1; done
+  for f in plugins/callback/*.py; do ansible-doc -t callback "$(basename "$f" .py)" >/dev/null || rc=1; done
+  [ "$rc" = 0 ] && echo "ansible-doc: every plugin renders"
+  return $rc
+}
+
 run_pytest() {  # pytest args (wide: the summary lines keep their messages)
   COLUMNS=200 python -m pytest -p no:cacheprovider -ra "$@"
 }
@@ -64,6 +73,7 @@ for stage in "${stages[@]}"; do
       run_stage ruff cat ruff check plugins tests bench bin
       run_stage yamllint cat yamllint --strict .
       run_stage ansible-lint cat ansible-lint --offline -q
+      run_stage ansible-doc cat ansible_doc_all
       ;;
     molecule)
       for s in molecule/*/molecule.yml; do

@@ -7,8 +7,8 @@ name: sdcloud_changes
 type: aggregate
 short_description: Print how many tasks changed something, across all hosts
 description:
-  - At the end of a playbook run prints C(sdcloud: N changed task(s)) or, when nothing changed,
-    C(sdcloud: 0 changed tasks - everything was already as declared).
+  - "At the end of a playbook run prints C(sdcloud: N changed task(s)) or, when nothing changed,
+    C(sdcloud: 0 changed tasks - everything was already as declared)."
 requirements:
   - enabled in ansible.cfg (callbacks_enabled)
 """

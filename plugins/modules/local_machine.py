@@ -14,7 +14,10 @@ description:
     deletes it, and when the last machine of the bridge is gone, also the proxy and the bridge.
   - This is the C(local) provider of sdcloud and the test-host driver of its molecule scenarios and
     end-to-end tests. The first run builds the base tree with debootstrap (1-2 minutes).
-  - Must run on the controller as root (C(connection: local), C(become)).
+  - "Must run on the controller as root (C(connection: local), C(become))."
+  - A machine needs 20 GB free on the disk of its state dir when it is created (ComfyUI's Python
+    environment, the package cache it shares with the other local machines, models); creation is
+    refused with the fix otherwise.
 version_added: "0.1.0"
 author: sdcloud
 options:
