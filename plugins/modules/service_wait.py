@@ -1,0 +1,467 @@
+#!/usr/bin/python
+"""Ansible module: wait, against a wall-clock deadline, until a service answers over HTTP; fail early on a crash loop."""
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: service_wait
+short_description: Wait until a local service answers over HTTP, with a deadline, failing early when its unit crash-loops
+description:
+  - Polls I(url) every I(interval) seconds until it answers with one of I(status_code), or until
+    I(timeout) seconds of wall-clock time have passed. The deadline is a deadline, not a retry count;
+    each HTTP attempt's own timeout (I(request_timeout)) is cut to the time that is left.
+  - With I(unit), reads the systemd unit's state on every poll (C(systemctl show -p
+    LoadState,ActiveState,SubState,NRestarts,MainPID,ExecMainStatus,Result)) and gives up early, without
+    waiting for the deadline, when the unit entered C(failed), stopped for good (C(inactive) on two polls
+    in a row), is not loaded at all, or crash-loops (exited I(max_restarts) times since the wait began).
+  - Every failure message says what it waited for, for how long and why it gave up; with I(unit) it carries
+    the last I(journal_lines) lines of C(journalctl -u <unit>) since the wait began (the last lines of the
+    unit's journal when nothing was logged since).
+  - Never uses a proxy, whatever C(http_proxy)/C(https_proxy) say; the service is asked directly.
+  - Runs on the managed host; Python standard library only (Python 3.8 or later).
+version_added: "1.1.0"
+author: sdcloud
+options:
+  url:
+    description: URL to poll with C(GET), usually on C(127.0.0.1).
+    type: str
+    required: true
+  status_code:
+    description: HTTP status codes that count as an answer. Any other status, and no answer, means poll again.
+    type: list
+    elements: int
+    default: [200]
+  timeout:
+    description: Wall-clock seconds the whole wait may take (a deadline measured with a monotonic clock).
+    type: float
+    default: 300
+  interval:
+    description: Seconds from the start of one poll to the start of the next.
+    type: float
+    default: 1
+  request_timeout:
+    description: Seconds one HTTP attempt may take; never more than the time left before the deadline.
+    type: float
+    default: 10
+  unit:
+    description:
+      - systemd unit of the service (C(comfyui), C(a1111.service)). Enables the early failures and the
+        journal in the messages. Without it the module only polls I(url) until the deadline.
+    type: str
+  max_restarts:
+    description:
+      - Give up as crash-looping once the unit has exited this many times since the wait began (the growth
+        of systemd's C(NRestarts), plus one for an exit whose restart is pending, C(SubState=auto-restart)).
+      - C(0) turns the crash-loop check off (C(failed) and the other unit checks still apply).
+    type: int
+    default: 2
+  journal_lines:
+    description: How many lines of the unit's journal a failure message carries at most.
+    type: int
+    default: 60
+  name:
+    description: Human name of the service for the messages (C(ComfyUI)). Defaults to the unit, or the URL.
+    type: str
+  return_content:
+    description: Return the body of the answer as C(content), and parsed as C(json) when it is JSON.
+    type: bool
+    default: false
+  validate_certs:
+    description: Verify TLS certificates of an C(https://) I(url).
+    type: bool
+    default: true
+requirements:
+  - python >= 3.8 on the managed host
+  - systemd (C(systemctl), C(journalctl)) on the managed host, only with I(unit)
+notes:
+  - C(changed) is always false. The module only reads, so it also runs, and really waits, in check mode.
+  - Reading another unit's journal needs root or membership of C(systemd-journal)/C(adm) (use C(become)).
+  - systemd resets C(NRestarts) when a unit is started by hand, so the count starts at the value read when
+    the wait begins.
+attributes:
+  check_mode:
+    support: full
+    details: Only reads; waits in check mode as in a normal run.
+  diff_mode:
+    support: none
+"""
+
+EXAMPLES = r"""
+- name: Wait until ComfyUI answers (a crash loop fails in seconds, with the journal)
+  service_wait:
+    url: http://127.0.0.1:8188/system_stats
+    unit: comfyui
+    name: ComfyUI
+    timeout: 300
+    return_content: true
+  register: comfyui_register_stats
+
+- name: Show the version it reports
+  ansible.builtin.debug:
+    msg: "{{ comfyui_register_stats.json.system.comfyui_version }}"
+
+- name: Wait for an endpoint that answers 401 without a login, no unit checks
+  service_wait:
+    url: http://127.0.0.1:8080/api
+    status_code: [200, 401]
+    timeout: 60
+    interval: 2
+"""
+
+RETURN = r"""
+changed:
+  description: Always false; the module only reads.
+  returned: always
+  type: bool
+url:
+  description: The URL that was polled.
+  returned: always
+  type: str
+name:
+  description: The name used in messages.
+  returned: always
+  type: str
+elapsed:
+  description: Seconds the wait took (monotonic clock).
+  returned: always
+  type: float
+  sample: 4.318
+attempts:
+  description: HTTP attempts made.
+  returned: always
+  type: int
+status:
+  description: HTTP status of the last answer; C(-1) when nothing answered the last attempt.
+  returned: always
+  type: int
+  sample: 200
+restarts:
+  description: How many times systemd restarted the unit during the wait (growth of C(NRestarts)).
+  returned: always
+  type: int
+exits:
+  description: How many times the unit exited during the wait (restarts plus a pending restart).
+  returned: always
+  type: int
+unit_status:
+  description: The unit's properties at the last poll, as C(systemctl show) printed them.
+  returned: when unit is set and systemctl answered
+  type: dict
+  sample: {ActiveState: active, SubState: running, NRestarts: "0", MainPID: "4242", ExecMainStatus: "0", Result: success}
+content:
+  description: Body of the answer.
+  returned: success, when return_content is true
+  type: str
+json:
+  description: Body of the answer, parsed.
+  returned: success, when return_content is true and the body is JSON
+  type: raw
+"""
+
+import contextlib
+import datetime
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+import urllib.error
+import urllib.request
+
+from ansible.module_utils.basic import AnsibleModule
+
+SHOW_PROPERTIES = ("LoadState", "ActiveState", "SubState", "NRestarts", "MainPID", "ExecMainStatus", "Result")
+COMMAND_TIMEOUT = 10.0  # seconds one systemctl / journalctl call may take
+MIN_ATTEMPT_TIMEOUT = 0.1  # an attempt right at the deadline still gets this long to connect
+
+
+class WaitFailed(Exception):
+    def __init__(self, msg):
+        super().__init__(msg)
+        self.msg = msg
+
+
+def times(count, word="time"):
+    return "%d %s%s" % (count, word, "" if count == 1 else "s")
+
+
+def describe_error(exc, attempt_timeout):
+    """One attempt's failure in a few words."""
+    reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+    if isinstance(reason, socket.timeout):  # noqa: UP041 - socket.timeout is not TimeoutError before Python 3.10
+        return "got no answer within %.1fs" % attempt_timeout
+    if isinstance(reason, ConnectionRefusedError):
+        return "was refused (nothing listens on the port)"
+    if isinstance(reason, ConnectionResetError):
+        return "was reset by the server"
+    if isinstance(reason, http.client.RemoteDisconnected):
+        return "was closed by the server without an answer"
+    return "failed: %s" % (reason,)
+
+
+def http_get(opener, url, attempt_timeout):
+    """One GET. Returns (status or None, body or None, what went wrong or None)."""
+    request = urllib.request.Request(url, headers={"Accept": "application/json, */*;q=0.5"})
+    try:
+        with opener.open(request, timeout=attempt_timeout) as response:
+            return response.getcode(), response.read(), None
+    except urllib.error.HTTPError as exc:
+        try:
+            body = exc.read()
+        except (OSError, http.client.HTTPException):
+            body = b""
+        return exc.code, body, "answered HTTP %d" % exc.code
+    except (OSError, http.client.HTTPException, ValueError) as exc:  # URLError is an OSError
+        return None, None, describe_error(exc, attempt_timeout)
+
+
+def build_opener(validate_certs):
+    handlers = [urllib.request.ProxyHandler({})]  # never a proxy, whatever http_proxy says
+    if not validate_certs:
+        context = ssl.create_default_context()
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        handlers.append(urllib.request.HTTPSHandler(context=context))
+    return urllib.request.build_opener(*handlers)
+
+
+def run_command(args, timeout):
+    """Run a read-only command with a bound; (rc, stdout, stderr), rc None when it did not finish."""
+    try:
+        proc = subprocess.run(args, capture_output=True, text=True, timeout=timeout, check=False,
+                              env=dict(os.environ, LC_ALL="C", SYSTEMD_PAGER="", SYSTEMD_COLORS="0"),
+                              errors="replace")
+    except subprocess.TimeoutExpired:
+        return None, "", "did not finish within %.0fs" % timeout
+    except OSError as exc:
+        return None, "", str(exc)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def unit_show(systemctl, unit, timeout):
+    """The unit's properties as a dict, or None when systemctl did not answer."""
+    rc, out, _ = run_command([systemctl, "show", "-p", ",".join(SHOW_PROPERTIES), unit], timeout)
+    if rc != 0:
+        return None
+    props = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            props[key.strip()] = value.strip()
+    return props if "ActiveState" in props else None
+
+
+def as_int(value, default=0):
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default
+
+
+def exit_description(props):
+    result = props.get("Result", "")
+    status = props.get("ExecMainStatus", "")
+    signalled = result in ("signal", "core-dump")
+    what = "killed by signal %s" % status if signalled else "exit status %s" % (status or "unknown")
+    return "%s, result %s" % (what, result or "unknown")
+
+
+def journal(journalctl, unit, since, lines):
+    """(heading, lines) for the failure message: the unit's journal since the wait began, else its last lines."""
+    if not journalctl:
+        return "journalctl was not found, so no journal of unit %s" % unit, []
+    base = [journalctl, "-u", unit, "--no-pager", "--quiet", "-n", str(lines)]
+    rc, out, _ = run_command(base + ["--since", since], COMMAND_TIMEOUT)
+    got = [line for line in out.splitlines() if line.strip() and not line.startswith("-- No entries --")]
+    if rc == 0 and got:
+        return "Its journal since the wait began (journalctl -u %s --since '%s'):" % (unit, since), got[-lines:]
+    rc, out, err = run_command(base, COMMAND_TIMEOUT)
+    got = [line for line in out.splitlines() if line.strip() and not line.startswith("-- No entries --")][-lines:]
+    if got:
+        return "Nothing in its journal since the wait began; its last %s (journalctl -u %s -n %d):" % (
+            times(len(got), "line"), unit, lines), got
+    why = (err or "").strip().splitlines()
+    return "journalctl -u %s printed nothing%s" % (
+        unit, (" (%s)" % why[0]) if why else " (reading another unit's journal needs root: become: true)"), []
+
+
+class Waiter:
+    def __init__(self, module):
+        self.module = module
+        params = module.params
+        self.url = params["url"]
+        self.unit = params["unit"]
+        self.timeout = params["timeout"]
+        self.interval = params["interval"]
+        self.request_timeout = params["request_timeout"]
+        self.max_restarts = params["max_restarts"]
+        self.journal_lines = params["journal_lines"]
+        self.status_codes = params["status_code"]
+        self.name = params["name"] or self.unit or self.url
+        if params["name"] and self.unit and params["name"] != self.unit:
+            self.who = "%s (unit %s)" % (params["name"], self.unit)
+        elif self.unit:
+            self.who = "unit %s" % self.unit
+        else:
+            self.who = params["name"]
+        self.opener = build_opener(params["validate_certs"])
+        self.systemctl = self.journalctl = None
+        if self.unit:
+            self.systemctl = module.get_bin_path("systemctl")
+            self.journalctl = module.get_bin_path("journalctl")
+            if not self.systemctl:
+                raise WaitFailed("unit %s was given, but systemctl was not found on the host: "
+                                 "drop unit to only poll %s" % (self.unit, self.url))
+        self.start = time.monotonic()
+        self.deadline = self.start + self.timeout
+        self.since = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+        self.attempts = 0
+        self.status = -1
+        self.last_error = None
+        self.props = None
+        self.base_restarts = None
+        self.restarts = 0
+        self.exits = 0
+        self.inactive_polls = 0
+
+    def elapsed(self):
+        return time.monotonic() - self.start
+
+    def remaining(self):
+        return self.deadline - time.monotonic()
+
+    def facts(self):
+        out = {"url": self.url, "name": self.name, "elapsed": round(self.elapsed(), 3), "attempts": self.attempts,
+               "status": self.status, "restarts": self.restarts, "exits": self.exits}
+        if self.props is not None:
+            out["unit_status"] = self.props
+        return out
+
+    def with_journal(self, msg):
+        """Raise WaitFailed with msg and, with a unit, its journal."""
+        if not self.unit:
+            raise WaitFailed(msg)
+        heading, lines = journal(self.journalctl, self.unit, self.since, self.journal_lines)
+        raise WaitFailed("%s\n%s\n%s" % (msg, heading, "\n".join(lines)) if lines else "%s\n%s" % (msg, heading))
+
+    def check_unit(self):
+        """Read the unit's state; give up early when it will not come up."""
+        props = unit_show(self.systemctl, self.unit, max(1.0, min(COMMAND_TIMEOUT, self.remaining())))
+        if props is None:  # systemctl did not answer this time: keep polling, the deadline still holds
+            return
+        self.props = props
+        nrestarts = as_int(props.get("NRestarts"))
+        if self.base_restarts is None:
+            self.base_restarts = nrestarts
+        # NRestarts is reset when the unit is started by hand: never count backwards
+        self.base_restarts = min(self.base_restarts, nrestarts)
+        self.restarts = nrestarts - self.base_restarts
+        active, sub = props.get("ActiveState", ""), props.get("SubState", "")
+        self.exits = self.restarts + (1 if sub == "auto-restart" else 0)
+        gave_up = "so it gave up after %.1fs, before the %gs deadline." % (self.elapsed(), self.timeout)
+        if props.get("LoadState") == "not-found":
+            self.with_journal("%s is not a loaded systemd unit (LoadState=not-found), so nothing will answer on %s; "
+                              "gave up at once." % (self.who, self.url))
+        if active == "failed":
+            self.with_journal("%s failed while waiting for %s: systemd reports it %s/%s (%s; restarted %s), %s"
+                              % (self.who, self.url, active, sub, exit_description(props), times(self.restarts), gave_up))
+        if self.max_restarts and self.exits >= self.max_restarts:
+            # ExecMainStatus/Result describe the last exit only while the restart is pending
+            last = "; last exit: %s" % exit_description(props) if sub == "auto-restart" else ""
+            self.with_journal("%s crash-looped while waiting for %s: it exited %s (systemd restarted it %s%s), %s"
+                              % (self.who, self.url, times(self.exits), times(self.restarts), last, gave_up))
+        self.inactive_polls = self.inactive_polls + 1 if (active, sub) == ("inactive", "dead") else 0
+        if self.inactive_polls >= 2:
+            self.with_journal("%s stopped while waiting for %s: systemd reports it inactive/dead (%s) and nothing "
+                              "restarts it, %s" % (self.who, self.url, exit_description(props), gave_up))
+
+    def timed_out(self):
+        last = "the last one %s" % self.last_error if self.last_error else "none made"
+        msg = "%s on %s within %gs: %s, %s" % (
+            "%s did not answer" % self.who if self.who else "Nothing answered", self.url, self.timeout,
+            times(self.attempts, "attempt"), last)
+        if self.unit:
+            if self.props is not None:
+                msg += "; unit %s is %s/%s, restarted %s during the wait" % (
+                    self.unit, self.props.get("ActiveState"), self.props.get("SubState"), times(self.restarts))
+            else:
+                msg += "; systemctl show %s did not answer" % self.unit
+        self.with_journal(msg + ".")
+
+    def wait(self):
+        while True:
+            poll_start = time.monotonic()
+            if self.unit:
+                self.check_unit()
+            remaining = self.remaining()
+            if remaining <= 0:
+                break
+            attempt_timeout = max(MIN_ATTEMPT_TIMEOUT, min(self.request_timeout, remaining))
+            self.attempts += 1
+            status, body, error = http_get(self.opener, self.url, attempt_timeout)
+            self.status = status if status is not None else -1
+            if status is not None and status in self.status_codes:
+                return body
+            self.last_error = error or "answered HTTP %d" % status
+            remaining = self.remaining()
+            if remaining <= 0:
+                break
+            time.sleep(min(max(0.0, poll_start + self.interval - time.monotonic()), remaining))
+        if self.unit:  # a last look: a crash right at the deadline is still reported as what it is
+            self.check_unit()
+        return self.timed_out()
+
+
+def validate(module):
+    params = module.params
+    for key in ("timeout", "interval", "request_timeout"):
+        if params[key] <= 0:
+            module.fail_json(msg="%s must be more than 0 seconds, got %s" % (key, params[key]))
+    if params["max_restarts"] < 0:
+        module.fail_json(msg="max_restarts must be 0 (no crash-loop check) or more, got %d" % params["max_restarts"])
+    if params["journal_lines"] < 1:
+        module.fail_json(msg="journal_lines must be 1 or more, got %d" % params["journal_lines"])
+    if not params["url"].startswith(("http://", "https://")):
+        module.fail_json(msg="url must start with http:// or https://, got %s" % params["url"])
+    if not params["status_code"]:
+        module.fail_json(msg="status_code must list at least one HTTP status")
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec={
+            "url": {"type": "str", "required": True},
+            "status_code": {"type": "list", "elements": "int", "default": [200]},
+            "timeout": {"type": "float", "default": 300},
+            "interval": {"type": "float", "default": 1},
+            "request_timeout": {"type": "float", "default": 10},
+            "unit": {"type": "str"},
+            "max_restarts": {"type": "int", "default": 2},
+            "journal_lines": {"type": "int", "default": 60},
+            "name": {"type": "str"},
+            "return_content": {"type": "bool", "default": False},
+            "validate_certs": {"type": "bool", "default": True},
+        },
+        supports_check_mode=True,
+    )
+    validate(module)
+    waiter = None
+    try:
+        waiter = Waiter(module)
+        body = waiter.wait()
+    except WaitFailed as exc:
+        details = waiter.facts() if waiter else {}
+        module.fail_json(msg=exc.msg, changed=False, **details)
+    result = dict(waiter.facts(), changed=False)
+    if module.params["return_content"]:
+        result["content"] = body.decode("utf-8", errors="replace")
+        with contextlib.suppress(ValueError):
+            result["json"] = json.loads(result["content"])
+    module.exit_json(**result)
+
+
+if __name__ == "__main__":
+    main()
