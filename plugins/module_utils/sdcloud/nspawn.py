@@ -42,6 +42,13 @@ CACHE_DIR = os.environ.get("SDCLOUD_CACHE_DIR", "/var/cache/sdcloud")
 BASE_DIR = os.path.join(CACHE_DIR, "base-" + SUITE)
 BASE_VERSION = "3"  # bump when the base tree recipe changes: a stale cache is rebuilt
 PROXY_PORT = 8888
+# Packages the machines download (uv's cache: the ~3 GB PyTorch stack) are kept once on this computer
+# and shared by every local machine, bind-mounted at the same path inside. Only root writes it, in each
+# machine (the roles run uv as root), so one cache serves machines whose users' uids differ.
+PACKAGE_CACHE = os.path.join(CACHE_DIR, "uv")
+# The disk a machine needs (GB free under the state dir when it is created): ComfyUI's Python
+# environment takes ~7 GB, the shared package cache ~4 GB per PyTorch version, plus the models.
+MIN_FREE_GB = 20
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 SUPERVISOR = """#!/bin/bash
@@ -195,6 +202,14 @@ def ensure_base():
         shutil.rmtree(BASE_DIR, ignore_errors=True)
         os.rename(tmp, BASE_DIR)
         return BASE_DIR, True
+
+
+def _ensure_package_cache():
+    """The shared package cache on this computer: sdcloud's own directory (made here, never chmod'ed
+    if it was already there)."""
+    if not os.path.isdir(PACKAGE_CACHE):
+        os.makedirs(PACKAGE_CACHE, mode=0o700)
+    return PACKAGE_CACHE
 
 
 class Network:
@@ -420,12 +435,21 @@ class Machine:
         return d
 
     # -- lifecycle --------------------------------------------------------
-    def create(self, ssh_public_key, labels=None, address=None, ssh_private_key_file=None):
-        """Create the machine's disk and identity (does not start it)."""
+    def create(self, ssh_public_key, labels=None, address=None, ssh_private_key_file=None, min_free_gb=MIN_FREE_GB):
+        """Create the machine's disk and identity (does not start it). Refuses when the disk holding the
+        state dir has less than `min_free_gb` free."""
         if self.exists():
             return False
-        ensure_base()
         net = self.network
+        os.makedirs(net.machines_dir, exist_ok=True)
+        free_gb = shutil.disk_usage(net.machines_dir).free / 2**30
+        if free_gb < min_free_gb:
+            raise MachineError(
+                "a local machine needs at least %d GB free under %s (ComfyUI's Python environment ~7 GB, the shared "
+                "package cache %s ~4 GB per PyTorch version, and the models); %.1f GB are free: free some space, or "
+                "export SDCLOUD_STATE_DIR (machines) / SDCLOUD_CACHE_DIR (caches) to a bigger disk"
+                % (min_free_gb, net.machines_dir, PACKAGE_CACHE, free_gb))
+        ensure_base()
         os.makedirs(self.dir, exist_ok=True)
         addr = address or net.free_address()
         if ipaddress.ip_address(addr) not in net.subnet:
@@ -442,7 +466,7 @@ class Machine:
             "ssh_private_key_file": ssh_private_key_file,
             "proxy": net.proxy_url,
         }
-        for d in ("upper", "work", "root"):
+        for d in ("upper", "work", "root", "tmp"):
             os.makedirs(os.path.join(self.dir, d), exist_ok=True)
         self._mount()
         try:
@@ -483,6 +507,10 @@ class Machine:
         self._write("/etc/apt/apt.conf.d/90sdcloud-proxy",
                     f'Acquire::http::Proxy "{net.proxy_url}";\nAcquire::https::Proxy "{net.proxy_url}";\n')
         self._write("/etc/pip.conf", f"[global]\nproxy = {net.proxy_url}\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+        # uv (the roles install Python environments with it): the shared cache, copies (the cache is another
+        # mount, so no hard links), the system's CA store (egress may be TLS-inspected); the proxy comes
+        # from /etc/environment
+        self._write("/etc/uv/uv.toml", f'cache-dir = "{PACKAGE_CACHE}"\nlink-mode = "copy"\nnative-tls = true\n')
         no_proxy = f"localhost,127.0.0.1,{net.subnet}"
         self._write("/etc/environment",
                     f"http_proxy={net.proxy_url}\nhttps_proxy={net.proxy_url}\nHTTP_PROXY={net.proxy_url}\nHTTPS_PROXY={net.proxy_url}\nno_proxy={no_proxy}\nNO_PROXY={no_proxy}\n")
@@ -502,8 +530,15 @@ class Machine:
             f.write(SUPERVISOR)
         os.chmod(self.supervisor, 0o755)
         self._mount()
+        _ensure_package_cache()
         m = self.meta
+        # /tmp on the machine's disk, not nspawn's tmpfs (10 % of this computer's memory: pip stages the
+        # PyTorch stack there); the package cache shared with the other machines
+        tmp = os.path.join(self.dir, "tmp")
+        os.makedirs(tmp, exist_ok=True)
+        os.chmod(tmp, 0o1777)
         argv = [self.supervisor, "-D", self.root, "-M", m["unit"], "-b", "--register=no", "--keep-unit",
+                "--bind=%s:/tmp" % tmp, "--bind=%s:%s" % (PACKAGE_CACHE, PACKAGE_CACHE),
                 "--network-bridge=" + net.bridge, "--resolv-conf=off", "--timezone=off", "--link-journal=no",
                 "--uuid=" + m["uuid"], "--console=read-only", "--hostname=" + self.name]
         log = open(os.path.join(self.dir, "console.log"), "ab")  # noqa: SIM115 - handed to the machine
