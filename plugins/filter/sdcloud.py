@@ -92,6 +92,58 @@ def sdcloud_aws_regions(zones):
     return out
 
 
+GITHUB = "https://github.com/"
+
+
+def sdcloud_git_mirror(url, mirror=""):
+    """`url` fetched from `mirror` (a URL that stands for https://github.com/) when it lies below
+    https://github.com/; unchanged otherwise, or when `mirror` is empty. The roles hand git the rewritten
+    URL themselves (git's own url.<mirror>.insteadOf, which the base role also sets, would make a checkout
+    look changed on every run: the remote URL git reports is the rewritten one)."""
+    url = str(url)
+    if mirror and url.startswith(GITHUB):
+        return str(mirror) + url[len(GITHUB):]
+    return url
+
+
+def sdcloud_git_mirror_items(items, mirror="", key="git_url"):
+    """sdcloud_git_mirror applied to the `key` of each dict in `items` (custom nodes, repositories)."""
+    return [dict(item, **{key: sdcloud_git_mirror(item[key], mirror)}) for item in items or []]
+
+
+_REQ_LINE = re.compile(r"^(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?P<extras>\[[^]]*\])?\s*==\s*(?P<version>[^\s;\\]+)(?P<rest>.*)$")
+
+
+def _pep503(name):
+    return re.sub(r"[-_.]+", "-", str(name)).lower()
+
+
+def sdcloud_pip_lock(text, overrides=None):
+    """A lock file (`name==version ; markers` lines, as uv pip compile writes them) with the versions in
+    `overrides` ({name: version}) put in place of the lock's; names the lock lacks are appended. Names
+    compare as pip does (case, - _ . alike). Returns the text, ending in a newline."""
+    overrides = dict(overrides or {})
+    for name, version in overrides.items():
+        if not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", str(name)) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9.+!*_-]*$", str(version)):
+            raise AnsibleFilterError(
+                f"comfyui_pip_overrides: {name!r}: {version!r} is not a package name and a version like torch: \"2.8.0\"")
+    wanted = {_pep503(n): str(v) for n, v in overrides.items()}
+    seen = set()
+    out = []
+    for line in str(text).splitlines():
+        m = _REQ_LINE.match(line)
+        key = _pep503(m.group("name")) if m else None
+        if key in wanted:
+            seen.add(key)
+            out.append("%s%s==%s%s" % (m.group("name"), m.group("extras") or "", wanted[key], m.group("rest")))
+        else:
+            out.append(line)
+    added = [f"{n}=={v}" for n, v in overrides.items() if _pep503(n) not in seen]
+    if added:
+        out += ["# added by comfyui_pip_overrides"] + added
+    return "\n".join(out) + "\n"
+
+
 class FilterModule:
     def filters(self):
         return {
@@ -102,4 +154,7 @@ class FilterModule:
             "sdcloud_gpu_offer": sdcloud_gpu_offer,
             "sdcloud_bad_zones": sdcloud_bad_zones,
             "sdcloud_aws_regions": sdcloud_aws_regions,
+            "sdcloud_pip_lock": sdcloud_pip_lock,
+            "sdcloud_git_mirror": sdcloud_git_mirror,
+            "sdcloud_git_mirror_items": sdcloud_git_mirror_items,
         }

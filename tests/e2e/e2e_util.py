@@ -17,10 +17,10 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
-def run_play(env, name, *args, label="", check=True, tail=6000):
-    """ansible-playbook playbooks/<name> with the fixture vars, as a user runs it. Returns (rc, output);
-    with check, a non-zero rc fails the test showing the output's tail."""
-    cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e/fixture-vars.yml"), *args]
+def run_play(env, name, *args, label="", check=True, tail=6000, vars_file="fixture-vars.yml"):
+    """ansible-playbook playbooks/<name> with the test settings `vars_file` (tests/e2e/), as a user runs it.
+    Returns (rc, output); with check, a non-zero rc fails the test showing the output's tail."""
+    cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e" / vars_file), *args]
     t0 = time.monotonic()
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     out = res.stdout + res.stderr

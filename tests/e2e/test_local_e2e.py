@@ -1,8 +1,9 @@
 """End to end on the local provider: provision -> status -> stop -> start -> provision (0 changed) -> teardown.
 
 Runs the real playbooks as a user would, on an isolated bridge (SDCLOUD_NET=7) and deployment name
-(SDCLOUD_NAME=e2e), so it never touches a machine made by `make up`. ComfyUI comes from the
-labelled stand-in repository (tests/e2e/fixture-vars.yml) because GitHub is unreachable here.
+(SDCLOUD_NAME=e2e), so it never touches a machine made by `make up`. ComfyUI is the real program:
+../shared/upstream's ComfyUI, served on the bridge laid out like GitHub and reached through the product's
+mirror setting (tests/e2e/upstream-vars.yml), its pinned Python environment from PyPI, run with --cpu.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import pathlib
 import re
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -59,7 +61,13 @@ def env(tmp_path_factory):
 
 def play(env, name, *extra, check=True):
     return run_play(env, name, "-e", json.dumps({"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"]}),
-                    "-e", "@" + env["SDCLOUD_TEST_MODELS"], *extra, check=check)
+                    "-e", "@" + env["SDCLOUD_TEST_MODELS"], *extra, check=check, vars_file="upstream-vars.yml")
+
+
+# The two ComfyUI commits ../shared/upstream holds: the product default (v0.3.64) and the Krita plugin
+# 1.35.0 pin (0.3.35). The mirror tags them pin-<upstream sha>.
+DEFAULT_PIN, OTHER_PIN = ("a125cd84b054a57729b5eecab930ca9408719832", "0.3.64"), ("5a87757ef96f807cf1cf5b41c55a0a84c9551f20", "0.3.35")
+CORE_NODES = {"KSampler", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEDecode", "EmptyLatentImage", "SaveImage", "LoadImage"}
 
 
 # Three labelled test "models": one small, one that the server cuts off mid-file once (the sync must
@@ -94,12 +102,17 @@ def through_tunnel(out):
     ({"sdcloud_ssh_cidrs": ["10.0.0.1/8"]}, "sdcloud_ssh_cidrs must be a list of CIDRs"),
     ({"sdcloud_ssh_cidrs": ["0.0.0.0/0"]}, "would open the machine to everyone"),
     ({"sdcloud_ui": ["comfy"]}, "sdcloud_ui is ['comfy']: list one or more of comfyui, a1111"),
+    ({"sdcloud_git_mirror": "git.example.com/github"}, "sdcloud_git_mirror is \"git.example.com/github\": give the URL"),
+    # a mirror that does not answer (a closed port on the test bridge): refused in seconds, naming the setting
+    ({"sdcloud_git_mirror": f"git://{GATEWAY}:1/github/"}, "does not serve them: check sdcloud_git_mirror"),
 ])
 def test_bad_input_fails_before_anything_is_created(env, extra, needle):
+    t0 = time.monotonic()
     rc, out = play(env, "provision.yml", "-e", json.dumps(extra), check=False)
     assert rc != 0
     assert needle in out, out[-3000:]
     assert NAME not in machines(env)
+    assert time.monotonic() - t0 < 60, "bad input must be refused in seconds"
 
 
 def test_lifecycle(env):
@@ -108,10 +121,13 @@ def test_lifecycle(env):
     assert machines(env)[NAME]["state"] == "running"
     assert re.search(r"Autostop: powers off after 30 (idle )?minutes", out), out[-3000:]
     stats = through_tunnel(out)
-    assert stats["system"]["comfyui_version"] == "0.0.1-fixture"
+    assert stats["system"]["comfyui_version"] == DEFAULT_PIN[1]
+    assert "--cpu" in stats["system"]["argv"]
     server = SERVERS[NET]
-    # models: downloaded on the server, verified, and seen by ComfyUI in the shared model folders
     ip = machines(env)[NAME]["address"]
+    nodes = json.loads(ssh(env, ip, "curl -fsS --max-time 30 http://127.0.0.1:8188/object_info"))
+    assert set(nodes) >= CORE_NODES, CORE_NODES - set(nodes)
+    # models: downloaded on the server, verified, and seen by ComfyUI in the shared model folders
     listed = json.loads(ssh(env, ip, "curl -fsS http://127.0.0.1:8188/models/checkpoints"))
     assert {"tiny.safetensors", "cutoff.safetensors"} <= set(listed), listed
     assert ssh(env, ip, "sha256sum /opt/sdcloud/models/loras/lora.safetensors").split()[0] == MODELS[2]["sha256"]
@@ -138,7 +154,7 @@ def test_lifecycle(env):
     # 4. start: back with the same disk
     _, out = play(env, "start.yml")
     assert machines(env)[NAME]["state"] == "running"
-    assert through_tunnel(out)["system"]["comfyui_version"] == "0.0.1-fixture"
+    assert through_tunnel(out)["system"]["comfyui_version"] == DEFAULT_PIN[1]
 
     # 5. provision again: converged, nothing changes, and it says so
     _, out = play(env, "provision.yml")
@@ -159,20 +175,28 @@ def test_lifecycle(env):
     assert ssh(env, ip, "sha256sum /opt/sdcloud/models/checkpoints/tiny.safetensors").split()[0] == hashlib.sha256(new).hexdigest()
     server.add("/tiny.safetensors", data=DATA["tiny.safetensors"])
 
-    # 6. a new pin converges: the checkout moves to it and the service restarts exactly once
+    # 6. a new pin converges: the checkout and the Python environment (another torch) move to it, and
+    # the service restarts exactly once
     starts_before = ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")
-    _, out = play(env, "provision.yml", "-e", "comfyui_version=v0.0.2-fixture")
+    other = {"comfyui_version": "pin-" + OTHER_PIN[0], "comfyui_pip_lock": OTHER_PIN[0]}
+    _, out = play(env, "provision.yml", "-e", json.dumps(other))
     assert recap_changed(out).get(NAME, 0) > 0
-    assert through_tunnel(out)["system"]["comfyui_version"] == "0.0.2-fixture"
+    assert through_tunnel(out)["system"]["comfyui_version"] == OTHER_PIN[1]
+    lock_torch = re.search(r"^torch==(\S+)", (ROOT / "roles/comfyui/files/pip" / (OTHER_PIN[0] + ".txt")).read_text(), re.M).group(1)
+    # PyPI's torch is the CUDA build, e.g. 2.7.0+cu126
+    assert ssh(env, ip, "/opt/comfyui/venv/bin/python -c 'import torch; print(torch.__version__)'").split("+")[0] == lock_torch
     starts_after = ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")
     assert int(starts_after) == int(starts_before) + 1, (starts_before, starts_after)
 
-    # 7. a service that does not come up fails the play, with its journal in the message
-    rc, out = play(env, "provision.yml", "-e", json.dumps({"comfyui_extra_args": ["--no-such-flag"], "comfyui_wait_timeout": 10}),
+    # 7. a service that does not come up fails the play early (a crash loop, well before the deadline),
+    # with its journal in the message (the version stays: only the flag changes)
+    t0 = time.monotonic()
+    rc, out = play(env, "provision.yml", "-e", json.dumps({**other, "comfyui_extra_args": ["--no-such-flag"], "comfyui_wait_timeout": 300}),
                    check=False)
     assert rc != 0
-    assert "ComfyUI did not answer on http://127.0.0.1:8188/system_stats within 10s" in out, out[-3000:]
+    assert "ComfyUI (unit comfyui) crash-looped while waiting for http://127.0.0.1:8188/system_stats" in out, out[-3000:]
     assert "unrecognized arguments: --no-such-flag" in out, out[-3000:]
+    assert time.monotonic() - t0 < 200, "a crash loop must fail the wait long before its 300 s deadline"
 
     # 8. teardown: nothing left - no machine, no overlay, no bridge, no process we started
     _, out = play(env, "teardown.yml")

@@ -1,10 +1,24 @@
-"""Verifier for base + comfyui + firewall on a Debian 12 test host, probed from a second host."""
+"""Verifier for base + comfyui + firewall on a Debian 12 test host, probed from a second host.
+
+ComfyUI here is the real program (../shared/upstream/ComfyUI.bundle at the product's default pin,
+installed from its lock file with torch from PyPI, running with --cpu), not a stand-in."""
 
 import json
 import os
+import pathlib
+import re
 
 import pytest
 import testinfra
+import yaml
+from packaging.markers import Marker
+
+ROLE = pathlib.Path(__file__).resolve().parents[3] / "roles" / "comfyui"
+DEFAULTS = yaml.safe_load((ROLE / "defaults" / "main.yml").read_text())
+COMMIT = DEFAULTS["comfyui_version"]
+LOCK = (ROLE / "files" / "pip" / (COMMIT + ".txt")).read_text()
+# node classes every ComfyUI has (nodes.py NODE_CLASS_MAPPINGS)
+CORE_NODES = {"KSampler", "CheckpointLoaderSimple", "CLIPTextEncode", "VAEDecode", "EmptyLatentImage", "SaveImage", "LoadImage"}
 
 testinfra_hosts = ["ansible://sdc-mol-node"]
 
@@ -38,9 +52,38 @@ def test_service_enabled_and_running_as_its_user(host):
     assert host.user("comfyui").shell == "/usr/sbin/nologin"
 
 
+def test_the_product_default_pin_is_what_runs(host):
+    assert host.check_output("runuser -u comfyui -- git -C /opt/comfyui/app describe --tags") == "pin-" + COMMIT
+    assert stats(host)["system"]["comfyui_version"] == "0.3.64"
+
+
+def test_the_venv_holds_exactly_the_lock(host):
+    # the lock's lines that apply to a Debian 12 test host (CPython 3.11 on Linux x86_64)
+    env = {"python_full_version": "3.11.2", "python_version": "3.11", "sys_platform": "linux", "platform_system": "Linux",
+           "platform_machine": "x86_64", "os_name": "posix", "implementation_name": "cpython",
+           "platform_python_implementation": "CPython"}
+    pins = {n: v for n, v, marker in re.findall(r"^([A-Za-z0-9._-]+)==([^\s;]+)(?: ; (.*))?$", LOCK, re.M)
+            if not marker or Marker(marker).evaluate(env)}
+    assert len(pins) > 50 and "requests" in pins
+    listed = host.check_output("/opt/comfyui/tools/bin/uv pip list --python /opt/comfyui/venv/bin/python --format json")
+    installed = {d["name"].lower().replace("_", "-"): d["version"] for d in json.loads(listed)}
+    wrong = {n: (v, installed.get(n.lower().replace("_", "-"))) for n, v in pins.items()
+             if installed.get(n.lower().replace("_", "-")) != v}
+    assert not wrong, f"lock vs installed: {wrong}"
+    # PyPI's torch is the CUDA build (2.8.0+cu128), which runs on CPU here
+    assert host.check_output("/opt/comfyui/venv/bin/python -c 'import torch; print(torch.__version__)'").split("+")[0] == pins["torch"]
+    # root's: the service cannot rewrite its own environment
+    assert host.file("/opt/comfyui/venv/lib").user == "root"
+    assert host.run("runuser -u comfyui -- touch /opt/comfyui/venv/lib/probe").rc != 0
+
+
+def test_core_nodes_are_loaded(host):
+    info = json.loads(host.check_output("curl -fsS --max-time 30 http://127.0.0.1:8188/object_info"))
+    assert set(info) >= CORE_NODES, CORE_NODES - set(info)
+
+
 def test_answers_on_loopback_only(host):
     data = stats(host)
-    assert data["system"]["comfyui_version"] == "0.0.1-fixture"
     argv = data["system"]["argv"]
     assert "--cpu" in argv
     assert "/opt/comfyui/extra_model_paths.yaml" in argv
