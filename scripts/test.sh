@@ -70,7 +70,7 @@ run_pytest() {  # pytest args (wide: the summary lines keep their messages)
 for stage in "${stages[@]}"; do
   case $stage in
     lint)
-      run_stage ruff cat ruff check plugins tests bench bin
+      run_stage ruff cat ruff check plugins tests bench bin scripts/comfyui-lock scripts/krita-profile
       run_stage yamllint cat yamllint --strict .
       run_stage ansible-lint cat ansible-lint --offline -q
       run_stage ansible-doc cat ansible_doc_all
