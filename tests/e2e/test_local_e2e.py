@@ -182,6 +182,8 @@ def test_lifecycle(env):
     _, out = play(env, "provision.yml", "-e", json.dumps(other))
     assert recap_changed(out).get(NAME, 0) > 0
     assert through_tunnel(out)["system"]["comfyui_version"] == OTHER_PIN[1]
+    nodes = json.loads(ssh(env, ip, "curl -fsS --max-time 30 http://127.0.0.1:8188/object_info"))
+    assert set(nodes) >= CORE_NODES, CORE_NODES - set(nodes)
     lock_torch = re.search(r"^torch==(\S+)", (ROOT / "roles/comfyui/files/pip" / (OTHER_PIN[0] + ".txt")).read_text(), re.M).group(1)
     # PyPI's torch is the CUDA build, e.g. 2.7.0+cu126
     assert ssh(env, ip, "/opt/comfyui/venv/bin/python -c 'import torch; print(torch.__version__)'").split("+")[0] == lock_torch

@@ -12,7 +12,6 @@ import time
 from unittest import mock
 
 import pytest
-from ansible.module_utils import basic
 from ansible.module_utils.sdcloud import download
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -21,17 +20,10 @@ sys.path.insert(0, str(ROOT / "plugins" / "modules"))
 
 import model_server  # noqa: E402
 import model_sync  # noqa: E402
+from module_runner import run_main  # noqa: E402
 
 KB = 1024
 MB = 1024 * 1024
-
-
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
 
 
 def blob(seed, size):
@@ -50,28 +42,7 @@ def sha(data):
 
 def run(args, check=False, diff=False):
     """Run model_sync.main() with args; return (failed, result)."""
-    params = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
-    payload = json.dumps({"ANSIBLE_MODULE_ARGS": params}).encode()
-
-    def exit_json(self, **kwargs):
-        raise ExitJson(kwargs)
-
-    def fail_json(self, **kwargs):
-        raise FailJson(kwargs)
-
-    with (
-        mock.patch.object(basic, "_ANSIBLE_ARGS", payload),
-        mock.patch.object(basic, "_ANSIBLE_PROFILE", "legacy"),
-        mock.patch.object(basic.AnsibleModule, "exit_json", exit_json),
-        mock.patch.object(basic.AnsibleModule, "fail_json", fail_json),
-    ):
-        try:
-            model_sync.main()
-        except ExitJson as exc:
-            return False, exc.args[0]
-        except FailJson as exc:
-            return True, exc.args[0]
-    raise AssertionError("main() returned without exit_json/fail_json")
+    return run_main(model_sync.main, args, check=check, diff=diff)
 
 
 @pytest.fixture(scope="module")

@@ -15,15 +15,14 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from unittest import mock
 
 import pytest
-from ansible.module_utils import basic
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "plugins" / "modules"))
 
 import service_wait  # noqa: E402
+from module_runner import run_main  # noqa: E402
 
 DEADLINE_SLACK = 1.5  # a wait that hits its deadline ends within this many seconds after it
 EARLY = 3.0  # an early failure ends within this many seconds, against a timeout of LONG
@@ -35,38 +34,11 @@ JOURNAL = [
 ]
 
 
-class ExitJson(Exception):
-    pass
-
-
-class FailJson(Exception):
-    pass
-
-
 def run(args, check=False):
     """Run service_wait.main() with args; return (failed, result, seconds it took)."""
-    payload = json.dumps({"ANSIBLE_MODULE_ARGS": dict(args, _ansible_check_mode=check)}).encode()
-
-    def exit_json(self, **kwargs):
-        raise ExitJson(kwargs)
-
-    def fail_json(self, **kwargs):
-        raise FailJson(kwargs)
-
     started = time.monotonic()
-    with (
-        mock.patch.object(basic, "_ANSIBLE_ARGS", payload),
-        mock.patch.object(basic, "_ANSIBLE_PROFILE", "legacy"),
-        mock.patch.object(basic.AnsibleModule, "exit_json", exit_json),
-        mock.patch.object(basic.AnsibleModule, "fail_json", fail_json),
-    ):
-        try:
-            service_wait.main()
-        except ExitJson as exc:
-            return False, exc.args[0], time.monotonic() - started
-        except FailJson as exc:
-            return True, exc.args[0], time.monotonic() - started
-    raise AssertionError("main() returned without exit_json/fail_json")
+    failed, result = run_main(service_wait.main, args, check=check)
+    return failed, result, time.monotonic() - started
 
 
 class Server:
