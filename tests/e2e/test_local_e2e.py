@@ -115,6 +115,13 @@ def test_bad_input_fails_before_anything_is_created(env, extra, needle):
     assert time.monotonic() - t0 < 60, "bad input must be refused in seconds"
 
 
+def test_start_without_a_machine_creates_nothing(env):
+    rc, out = play(env, "start.yml", check=False)
+    assert rc != 0
+    assert f"start.yml starts the machine of deployment {NAME} on local, and there is none" in out, out[-3000:]
+    assert NAME not in machines(env)
+
+
 def test_lifecycle(env):
     # 1. provision: a machine, ComfyUI answering through the tunnel the summary prints
     _, out = play(env, "provision.yml")
