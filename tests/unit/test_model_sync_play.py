@@ -150,3 +150,23 @@ def test_role_syncs_uploads_and_reports_failures_without_tokens(env):
     assert recap["failed"] == 1
     assert "HTTP 404" in proc.stdout and "/play/gone?token=REDACTED" in proc.stdout
     assert SECRET not in proc.stdout + proc.stderr
+
+
+def test_no_credential_in_the_output_at_any_verbosity(env):
+    """A token in a URL's query and a password in its userinfo never show, not even at -vvv."""
+    tmp, _environ, srv = env
+    data = blob("play-vvv", 50_000)
+    srv.add("/play/vvv.safetensors", data)
+    password = "pw_" + SECRET
+    url = srv.url(f"/play/vvv.safetensors?token={SECRET}").replace("http://", f"http://user:{password}@", 1)
+    extra = {
+        "sdcloud_models": [{"name": "v.safetensors", "kind": "vae", "source": url, "sha256": hashlib.sha256(data).hexdigest()}],
+        "models_dir": str(tmp / "vvv-models"),
+        "models_owner": getpass.getuser(),
+        "models_group": grp.getgrgid(os.getgid()).gr_name,
+    }
+    proc, recap = playbook(env, ROOT / "playbooks" / "sync_models.yml", extra, "-vvv")
+    out = proc.stdout + proc.stderr
+    assert recap["failed"] == 0, proc.stdout[-3000:]
+    leaks = [line for line in out.splitlines() if SECRET in line]
+    assert not leaks, "credentials in the -vvv output:\n" + "\n".join(leaks[:10])
