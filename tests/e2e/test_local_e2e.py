@@ -102,6 +102,13 @@ def through_tunnel(out):
     ({"sdcloud_ssh_cidrs": ["10.0.0.1/8"]}, "sdcloud_ssh_cidrs must be a list of CIDRs"),
     ({"sdcloud_ssh_cidrs": ["0.0.0.0/0"]}, "would open the machine to everyone"),
     ({"sdcloud_ui": ["comfy"]}, "sdcloud_ui is ['comfy']: list one or more of comfyui, a1111"),
+    ({"sdcloud_autostop_idle_minutes": -5}, "sdcloud_autostop_idle_minutes is -5: give a whole number of minutes"),
+    ({"sdcloud_autostop_idle_minutes": "soon"}, "sdcloud_autostop_idle_minutes is \"soon\": give a whole number"),
+    ({"sdcloud_models": "tiny.safetensors"}, "sdcloud_models is tiny.safetensors: give a list"),
+    ({"sdcloud_models_manifest": "/nonexistent/models.yml"}, "sdcloud_models_manifest \"/nonexistent/models.yml\" is not a file"),
+    ({"sdcloud_models_manifest": "/etc/hostname"}, "sdcloud_models_manifest \"/etc/hostname\" is not a YAML list of models"),
+    ({"sdcloud_models": [{"name": "../../etc/x.safetensors", "kind": "loras", "source": "https://example.invalid/x"}]},
+     "model names must be plain file names (no /, no leading dot, no ..): ../../etc/x.safetensors"),
     ({"sdcloud_git_mirror": "git.example.com/github"}, "sdcloud_git_mirror is \"git.example.com/github\": give the URL"),
     # a mirror that does not answer (a closed port on the test bridge): refused in seconds, naming the setting
     ({"sdcloud_git_mirror": f"git://{GATEWAY}:1/github/"}, "does not serve them: check sdcloud_git_mirror"),
