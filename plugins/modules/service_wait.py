@@ -51,8 +51,9 @@ options:
     type: str
   max_restarts:
     description:
-      - Give up as crash-looping once the unit has exited this many times since the wait began (the growth
-        of systemd's C(NRestarts), plus one for an exit whose restart is pending, C(SubState=auto-restart)).
+      - Give up as crash-looping once the unit has exited this many times since the wait began (each time it
+        is seen entering C(SubState=auto-restart), or the growth of systemd's C(NRestarts) where that is more:
+        restarts between two polls).
       - C(0) turns the crash-loop check off (C(failed) and the other unit checks still apply).
     type: int
     default: 2
@@ -325,6 +326,8 @@ class Waiter:
         self.base_restarts = None
         self.restarts = 0
         self.exits = 0
+        self.auto_restart_entries = 0
+        self.in_auto_restart = False
         self.inactive_polls = 0
 
     def elapsed(self):
@@ -360,7 +363,13 @@ class Waiter:
         self.base_restarts = min(self.base_restarts, nrestarts)
         self.restarts = nrestarts - self.base_restarts
         active, sub = props.get("ActiveState", ""), props.get("SubState", "")
-        self.exits = self.restarts + (1 if sub == "auto-restart" else 0)
+        # An exit shows as SubState=auto-restart for RestartSec; systemd bumps NRestarts while still in it
+        # (when it schedules the restart), so one exit can look like "restarted once and exiting again".
+        # Count each entry into auto-restart once, and restarts seen between two polls (RestartSec=0).
+        if sub == "auto-restart" and not self.in_auto_restart:
+            self.auto_restart_entries += 1
+        self.in_auto_restart = sub == "auto-restart"
+        self.exits = max(self.auto_restart_entries, self.restarts)
         gave_up = "so it gave up after %.1fs, before the %gs deadline." % (self.elapsed(), self.timeout)
         if props.get("LoadState") == "not-found":
             self.with_journal("%s is not a loaded systemd unit (LoadState=not-found), so nothing will answer on %s; "
