@@ -510,7 +510,11 @@ class Machine:
         # uv (the roles install Python environments with it): the shared cache, copies (the cache is another
         # mount, so no hard links), the system's CA store (egress may be TLS-inspected); the proxy comes
         # from /etc/environment
-        self._write("/etc/uv/uv.toml", f'cache-dir = "{PACKAGE_CACHE}"\nlink-mode = "copy"\nnative-tls = true\n')
+        # sudo keeps the proxy (a login over SSH has it from /etc/environment): uv, git over https and curl
+        # read only the environment, and a task that becomes root through sudo must still reach out
+        self._write("/etc/sudoers.d/sdcloud-proxy",
+                    'Defaults env_keep += "http_proxy https_proxy no_proxy HTTP_PROXY HTTPS_PROXY NO_PROXY"\n', 0o440)
+        self._write("/etc/uv/uv.toml", f'cache-dir = "{PACKAGE_CACHE}"\nlink-mode = "copy"\nsystem-certs = true\n')
         no_proxy = f"localhost,127.0.0.1,{net.subnet}"
         self._write("/etc/environment",
                     f"http_proxy={net.proxy_url}\nhttps_proxy={net.proxy_url}\nHTTP_PROXY={net.proxy_url}\nHTTPS_PROXY={net.proxy_url}\nno_proxy={no_proxy}\nNO_PROXY={no_proxy}\n")
