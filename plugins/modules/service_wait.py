@@ -52,8 +52,8 @@ options:
   max_restarts:
     description:
       - Give up as crash-looping once the unit has exited this many times since the wait began (each time it
-        is seen entering C(SubState=auto-restart), or the growth of systemd's C(NRestarts) where that is more:
-        restarts between two polls).
+        is seen entering C(SubState=auto-restart), or the growth of systemd's C(NRestarts) where that is more,
+        which counts restarts between two polls).
       - C(0) turns the crash-loop check off (C(failed) and the other unit checks still apply).
     type: int
     default: 2
