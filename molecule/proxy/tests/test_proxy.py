@@ -1,5 +1,7 @@
-"""Verifier: the proxy from a second host - TLS with the trusted certificate, token, websocket, uploads."""
+"""Verifier: the proxy from a second host - TLS with the trusted certificate, token (header, cookie,
+path), websocket, uploads, logs without the token."""
 
+import datetime
 import os
 import stat
 
@@ -8,6 +10,9 @@ import testinfra
 
 testinfra_hosts = ["ansible://sdc-px-node"]
 TOKEN_FILE = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "proxy.token")
+# the role's copy of the certificate on the controller, next to the token (what the summary prints)
+CERT_COPY = os.path.join(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"], "proxy.crt")
+WRONG = "Wr0ngWr0ngWr0ngWr0ngWr0ngWr0ngWr0ngWr0ngWr0"  # a well-formed token that is not the node's
 
 WS_CLIENT = r"""
 import base64, os, socket, ssl, sys
@@ -58,9 +63,10 @@ def token():
 
 
 @pytest.fixture(scope="module")
-def trusted(host, probe):
-    """The probe trusts exactly the node's certificate (curl --cacert), nothing else."""
-    pem = host.file("/etc/sdcloud/proxy/cert.pem").content_string
+def trusted(probe):
+    """The probe trusts exactly the certificate the role copied to the controller (curl --cacert), nothing else."""
+    with open(CERT_COPY) as f:
+        pem = f.read()
     probe.run("cat > /tmp/sdcloud-ca.pem <<'EOF'\n%sEOF" % pem)
     probe.check_output("python3 - <<'EOF'\nopen('/tmp/sdcloud-ws.py', 'w').write(%r)\nEOF" % WS_CLIENT)
     return "/tmp/sdcloud-ca.pem"
@@ -76,6 +82,12 @@ def curl(probe, url, *args):
 def test_token_file_private_and_strong(token):
     assert stat.S_IMODE(os.stat(TOKEN_FILE).st_mode) == 0o600
     assert len(token) >= 32 and token.isalnum()
+
+
+def test_certificate_copied_to_the_controller(host):
+    assert stat.S_IMODE(os.stat(CERT_COPY).st_mode) == 0o644
+    with open(CERT_COPY) as f:
+        assert f.read() == host.file("/etc/sdcloud/proxy/cert.pem").content_string
 
 
 def test_tls_verifies_with_the_nodes_certificate(probe, ip, trusted):
@@ -104,9 +116,33 @@ def test_a1111_on_its_own_port(probe, ip, trusted, token):
     assert status == 200 and body.startswith("[")
 
 
-def test_basic_auth_is_a_second_way_in(probe, ip, trusted):
-    assert curl(probe, "https://%s/queue" % ip, "-u alice:verifier-basic-secret")[0] == 200
-    assert curl(probe, "https://%s/queue" % ip, "-u alice:wrong")[0] == 401
+def test_no_basic_auth_by_default(host, probe, ip, trusted):
+    """The default (no users; side_effect.yml had one, then none again): no users file, basic auth off."""
+    assert not host.file("/etc/nginx/sdcloud.htpasswd").exists
+    assert "auth_basic" not in host.file("/etc/nginx/conf.d/sdcloud.conf").content_string
+    assert curl(probe, "https://%s/queue" % ip, "-u alice:verifier-basic-secret")[0] == 401
+
+
+def test_path_token_reaches_both_uis(host, probe, ip, trusted, token):
+    """https://<host>/<token>/<rest> (Krita's "Custom Server" URL) is /<rest> for the UI, query string kept."""
+    status, body = curl(probe, "https://%s/%s/system_stats?sdcloud_query=kept" % (ip, token))
+    assert status == 200 and '"comfyui_version": "0.0.1-fixture"' in body
+    assert 'GET /system_stats?sdcloud_query=kept HTTP' in host.check_output("journalctl -u comfyui -o cat")
+    status, body = curl(probe, "https://%s:7443/%s/sdapi/v1/sd-models" % (ip, token))
+    assert status == 200 and body.startswith("[")
+    # the bare token URL: on to <token>/, so a browser's page loads relative to it
+    out = probe.check_output("curl -sS --cacert /tmp/sdcloud-ca.pem -o /dev/null -w '%%{http_code} %%{redirect_url}' "
+                             "https://%s/%s" % (ip, token))
+    assert out == "301 https://%s/%s/" % (ip, token)
+
+
+def test_wrong_path_token_401(probe, ip, trusted, token):
+    status, body = curl(probe, "https://%s/%s/system_stats" % (ip, WRONG))
+    assert status == 401 and "sdcloud - sign in" in body
+    # the path form is judged by its path alone
+    assert curl(probe, "https://%s/%s/system_stats" % (ip, WRONG), "-H 'Authorization: Bearer %s'" % token)[0] == 401
+    assert curl(probe, "https://%s:7443/%s/sdapi/v1/sd-models" % (ip, WRONG))[0] == 401
+    assert curl(probe, "https://%s/%s/system_stats" % (ip, token[:-1]))[0] == 401
 
 
 def test_websocket_upgrade(probe, ip, trusted, token):
@@ -118,12 +154,27 @@ def test_websocket_upgrade(probe, ip, trusted, token):
     assert denied[0].startswith("HTTP/1.1 401")
 
 
+def test_websocket_through_the_path_token(host, probe, ip, trusted, token):
+    """What the Krita plugin opens: wss://<host>/<token>/ws?clientId=..., no header."""
+    out = probe.check_output("python3 /tmp/sdcloud-ws.py %s 443 '/%s/ws?clientId=sdcloud-verifier' ''" % (ip, token)).splitlines()
+    assert out[0].startswith("HTTP/1.1 101")
+    assert '"type": "status"' in out[1]
+    assert out[2] == "sdcloud-echo"
+    assert "GET /ws?clientId=sdcloud-verifier HTTP" in host.check_output("journalctl -u comfyui -o cat")
+    denied = probe.check_output("python3 /tmp/sdcloud-ws.py %s 443 '/%s/ws?clientId=sdcloud-verifier' ''" % (ip, WRONG)).splitlines()
+    assert denied[0].startswith("HTTP/1.1 401")
+
+
 def test_large_upload_passes_and_limit_holds(probe, ip, trusted, token):
     probe.check_output("truncate -s 120M /tmp/sdcloud-120M && truncate -s 501M /tmp/sdcloud-501M")
     auth = "-H 'Authorization: Bearer %s' -H 'Expect: 100-continue' -X POST" % token
     status, body = curl(probe, "https://%s/upload/image" % ip, auth, "-T /tmp/sdcloud-120M")
     assert status == 200 and '"size": 125829120' in body
     assert curl(probe, "https://%s/upload/image" % ip, auth, "-T /tmp/sdcloud-501M")[0] == 413
+    # the same through the path token: nginx logs the refusal as an error (with the request line)
+    status, body = curl(probe, "https://%s/%s/upload/image" % (ip, token), "-H 'Expect: 100-continue' -X POST", "-T /tmp/sdcloud-120M")
+    assert status == 200 and '"size": 125829120' in body
+    assert curl(probe, "https://%s/%s/upload/image" % (ip, token), "-H 'Expect: 100-continue' -X POST", "-T /tmp/sdcloud-501M")[0] == 413
 
 
 def test_timeouts_configured(host):
@@ -132,10 +183,20 @@ def test_timeouts_configured(host):
 
 
 def test_token_never_logged(host, token):
+    """After every request above (path token, websocket, refusals): no token in any nginx log, nor in the UIs' journals."""
     assert host.run("grep -rF '%s' /var/log/nginx/" % token).rc == 1
+    assert host.run("grep -rF '%s' /var/log/nginx/" % WRONG).rc == 1
+    assert host.run("journalctl -u comfyui -u a1111 -o cat | grep -F '%s'" % token).rc == 1
     assert host.file("/etc/nginx/sdcloud-token.conf").mode == 0o600
+    # the error log works for the other forms: the bearer header's 501 MB upload was logged
+    assert "client intended to send too large body" in host.file("/var/log/nginx/error.log").content_string
     log = host.file("/var/log/nginx/sdcloud-access.log").content_string
     assert " 200 GET /system_stats " in log
+    assert " 200 GET /<token>/system_stats " in log and " 101 GET /<token>/ws " in log
+    assert " 200 GET /<token>/sdapi/v1/sd-models " in log and " 413 POST /<token>/upload/image " in log
+    # autostop reads the time of the last line: the first field, ISO 8601, on every line
+    for line in log.splitlines():
+        datetime.datetime.fromisoformat(line.split(" ", 1)[0])
 
 
 def test_only_the_proxy_is_open(probe, ip):
