@@ -23,7 +23,8 @@ UPSTREAM = ROOT.parent / "shared" / "upstream"
 BUNDLE = UPSTREAM / "ComfyUI.bundle"
 HOST_UV_CACHE = Path(nspawn.PACKAGE_CACHE)  # the cache the local machines share (torch is 3 GB)
 
-LOCK_FILES = sorted(LOCKS.glob("*.txt"))
+# ComfyUI commits only: krita-<version>-linux-<backend>.txt are the Krita plugin's own (tests/unit/test_krita_profiles.py)
+LOCK_FILES = sorted(p for p in LOCKS.glob("*.txt") if re.fullmatch(r"[0-9a-f]{40}", p.stem))
 PIN = re.compile(r"^([a-z0-9][a-z0-9._-]*)==([^\s;]+)(?: ; .+)?$")
 # Where the locks must install from wheels alone: Ubuntu 22.04 (Python 3.10, glibc 2.35),
 # Debian 12 (3.11, glibc 2.36), Ubuntu 24.04 (3.12, glibc 2.39).
