@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import re
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.request
@@ -15,6 +17,19 @@ import urllib.request
 import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def local_env(tmp, net, name):
+    """The environment a local-provider test runs the playbooks in: its own bridge (SDCLOUD_NET) and deployment
+    name, the project's ansible.cfg and venv, no colour; a fresh SSH key path below `tmp`; the mirror of
+    ../shared/upstream (and the fixture repositories) laid out in `tmp`/repos and served on the bridge."""
+    e = dict(os.environ, SDCLOUD_NET=net, SDCLOUD_NAME=name, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
+             ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PATH=str(ROOT / ".venv/bin") + ":" + os.environ["PATH"])
+    e["SDCLOUD_TEST_KEY"] = str(tmp / "id_ed25519")
+    repos = tmp / "repos"
+    subprocess.run([sys.executable, str(ROOT / "tests/fixtures/make_repos.py"), str(repos)], check=True, capture_output=True)
+    subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "serve-git", str(repos)], check=True, env=e, capture_output=True)
+    return e
 
 
 def run_play(env, name, *args, label="", check=True, tail=6000, vars_file="fixture-vars.yml"):
@@ -71,6 +86,19 @@ def through_tunnel(out, ssh_opts=(), path="/system_stats", timeout=30):
                     time.sleep(0.3)
         finally:
             stop(tunnel)
+
+
+def wait_port(port, proc, timeout=30):
+    """Wait until 127.0.0.1:`port` accepts connections (e.g. an `ssh -L` tunnel); fail when `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
+            return
+        except OSError as e:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"nothing listens on 127.0.0.1:{port} ({e}); the process exited {proc.poll()}")
+            time.sleep(0.3)
 
 
 def stop(proc, grace=5):

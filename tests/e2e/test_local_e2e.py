@@ -39,12 +39,7 @@ pytestmark = [
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("e2e")
-    e = dict(os.environ, SDCLOUD_NET=NET, SDCLOUD_NAME=NAME, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
-             ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PATH=str(ROOT / ".venv/bin") + ":" + os.environ["PATH"])
-    e["SDCLOUD_TEST_KEY"] = str(tmp / "id_ed25519")
-    repos = tmp / "repos"
-    subprocess.run([sys.executable, str(ROOT / "tests/fixtures/make_repos.py"), str(repos)], check=True, capture_output=True)
-    subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "serve-git", str(repos)], check=True, env=e, capture_output=True)
+    e = e2e_util.local_env(tmp, NET, NAME)
     # model files served on the bridge, as a CDN would (labelled stand-in, tests/standins/model_server.py)
     server = ModelServer(host=GATEWAY).start()
     for m in MODELS:
