@@ -1,0 +1,99 @@
+"""Bad input is refused before anything is created, with a message that names the setting the user wrote and the fix.
+
+provision.yml on the local provider (its own bridge, SDCLOUD_NET=1), as a user runs it, with one bad setting at a
+time; each case asserts the message, that it came in seconds, and that no machine exists afterwards. (The model
+list, mirror, provider and CIDR cases live in test_local_e2e.py, next to the machine they would otherwise make.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NET = "1"
+NAME = "badinput"
+sys.path.insert(0, str(pathlib.Path(__file__).parent))
+
+import e2e_util  # noqa: E402
+
+pytestmark = [
+    pytest.mark.testhost,
+    pytest.mark.skipif(os.geteuid() != 0, reason="local machines need root (systemd-nspawn)"),
+]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bad")
+    e = dict(os.environ, SDCLOUD_NET=NET)
+    try:
+        e = e2e_util.local_env(tmp, NET, NAME)
+        e["TMP"] = str(tmp)
+        yield e
+    finally:
+        subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=e, capture_output=True, check=False)
+
+
+def machines(env):
+    out = subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True, text=True, check=True)
+    return [m["name"] for m in json.loads(out.stdout)]
+
+
+def refused(env, needle, *args, **env_extra):
+    t0 = time.monotonic()
+    rc, out = e2e_util.run_play(dict(env, **env_extra), "provision.yml", *args, check=False, vars_file="upstream-vars.yml")
+    assert rc != 0, out[-3000:]
+    assert needle in out, out[-3000:]
+    assert time.monotonic() - t0 < 60, "bad input must be refused in seconds"
+    assert machines(env) == [], "nothing may be created"
+    return out
+
+
+def key(env, name, mode=0o600, pub=True):
+    """A real ed25519 key pair below the test's temp dir."""
+    path = pathlib.Path(env["TMP"], name)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(path)], check=True)
+    path.chmod(mode)
+    if not pub:
+        pathlib.Path(str(path) + ".pub").unlink()
+    return str(path)
+
+
+@pytest.mark.parametrize(("name", "needle"), [
+    ("gpu-", "not ending with -"),
+    ("a" * 42, "use 1 to 41"),
+    ("Gpu", "lowercase letters"),
+])
+def test_deployment_name(env, name, needle):
+    refused(env, needle, SDCLOUD_NAME=name)
+
+
+def test_key_path_with_a_blank(env):
+    k = key(env, "with blank/id_ed25519")
+    refused(env, "contains a blank: use a path without spaces", "-e", json.dumps({"sdcloud_ssh_key_path": k}))
+
+
+def test_key_without_its_pub(env):
+    k = key(env, "nopub/id_ed25519", pub=False)
+    out = refused(env, f"has no {k}.pub: write it with `ssh-keygen -y -f {k} > {k}.pub`", "-e", json.dumps({"sdcloud_ssh_key_path": k}))
+    assert not pathlib.Path(k + ".pub").exists(), out[-2000:]
+
+
+def test_key_readable_by_others(env):
+    k = key(env, "open/id_ed25519", mode=0o644)
+    refused(env, f"is readable by others (mode 0644), which ssh refuses: `chmod 600 {k}`", "-e", json.dumps({"sdcloud_ssh_key_path": k}))
+    assert pathlib.Path(k).stat().st_mode & 0o777 == 0o644, "the user's key is theirs: sdcloud does not chmod it"
+
+
+def test_key_path_is_a_directory(env):
+    d = pathlib.Path(env["TMP"], "keydir")
+    d.mkdir()
+    refused(env, f"sdcloud_ssh_key_path {d} is not a file", "-e", json.dumps({"sdcloud_ssh_key_path": str(d)}))
