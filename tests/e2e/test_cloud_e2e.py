@@ -143,7 +143,9 @@ class EchoServer(http.server.ThreadingHTTPServer):
 
 class _EchoHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
-        body = (self.server.answer + "\n").encode()
+        # /html and /empty: what a wrong sdcloud_ip_echo_url (a web page, a blank answer) gives
+        body = {"/html": b"<html><body>Your IP: 1.2.3.4</body></html>", "/empty": b""}.get(
+            self.path, (self.server.answer + "\n").encode())
         self.server.hits += 1
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
@@ -375,6 +377,20 @@ def test_cloud_preflight_fails_before_anything_is_created(base, gce, tmp_path, c
         assert "Run `make setup`" in out, out[-3000:]
     assert [r for r in gce.requests if r["method"] != "GET"] == [], "nothing may be created"
     assert base["echo"].hits == hits, "the preflight fails before anything else runs"
+
+
+@pytest.mark.parametrize(("path", "needle"), [
+    ("/html", 'answered "<html><body>Your IP: 1.2.3.4</body></html>", not an IP address'),
+    ("/empty", 'answered "", not an IP address'),
+])
+def test_ip_echo_that_is_not_an_address(base, gce, path, needle):
+    gce.requests.clear()
+    url = "http://127.0.0.1:%d%s" % (base["echo"].server_address[1], path)
+    rc, out = play(gcp_env(base, gce, "e2e-pre"), "provision.yml", cloud_vars(base, "gcp", sdcloud_ip_echo_url=url), check=False)
+    assert rc != 0
+    assert needle in re.sub(r"\s+", " ", out), out[-3000:]
+    assert "set sdcloud_ssh_cidrs: [<your public IP>/32]" in re.sub(r"\s+", " ", out), out[-3000:]
+    assert [r for r in gce.requests if r["method"] != "GET"] == [], "nothing may be created"
 
 
 # --- the clouds, end to end ---------------------------------------------------------------------
