@@ -89,3 +89,18 @@ def test_machine_running_needs_marker_and_start_time(network, sleeper):
     assert network.machine("sdc-pid").state == "stopped"
     assert network.machine("sdc-pid").stop() is False
     assert p.poll() is None, "stop() killed a process that only holds the machine's old PID"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="adds a network interface (root)")
+def test_a_stale_veth_of_the_unit_name_is_cleared(network):
+    """A veth left by the machine that had this address before (freed asynchronously by the kernel) no longer
+    makes the next start fail with "Failed to add new veth interfaces (vb-<unit>:host0): File exists"."""
+    m = nspawn.Machine(network, "stale")
+    m.meta = {"unit": "sdc9-251"}
+    subprocess.run(["ip", "link", "add", "vb-sdc9-251", "type", "veth", "peer", "name", "vb-sdc9-251p"], check=True)
+    try:
+        m._clear_stale_veth()
+        assert not os.path.exists("/sys/class/net/vb-sdc9-251")
+        m._clear_stale_veth()  # none there: nothing to do
+    finally:
+        subprocess.run(["ip", "link", "delete", "vb-sdc9-251"], check=False, capture_output=True)

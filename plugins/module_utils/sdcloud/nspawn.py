@@ -545,6 +545,7 @@ class Machine:
                 "--bind=%s:/tmp" % tmp, "--bind=%s:%s" % (PACKAGE_CACHE, PACKAGE_CACHE),
                 "--network-bridge=" + net.bridge, "--resolv-conf=off", "--timezone=off", "--link-journal=no",
                 "--uuid=" + m["uuid"], "--console=read-only", "--hostname=" + self.name]
+        self._clear_stale_veth()
         log = open(os.path.join(self.dir, "console.log"), "ab")  # noqa: SIM115 - handed to the machine
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         m["pid"], m["pid_start"] = proc.pid, _proc_start(proc.pid)
@@ -557,6 +558,17 @@ class Machine:
                 raise MachineError(f"machine {self.name} exited while booting; its console log:\n{self.console_tail()}") from None
             raise
         return True
+
+    def _clear_stale_veth(self):
+        """Delete a host-side veth of this machine's unit name left by a machine that had its address before.
+
+        The kernel frees a container's network namespace, and with it the veth pair, asynchronously after
+        systemd-nspawn exits; a machine started with the same unit name (it follows the address) in that
+        moment failed with "Failed to add new veth interfaces (vb-<unit>:host0): File exists". No running
+        machine can own the name: the address is this machine's."""
+        veth = "vb-" + self.meta["unit"]
+        if os.path.exists("/sys/class/net/" + veth):
+            _run(["ip", "link", "delete", veth], check=False)
 
     def console_tail(self, n=4000):
         try:
