@@ -57,6 +57,22 @@ def sdcloud_host_cidr(address):
     return f"{ip}/{ip.max_prefixlen}"
 
 
+def sdcloud_cidrs_containing(cidrs, address):
+    """The items of `cidrs` (valid networks only) that contain `address`; [] when `address` is not an IP."""
+    try:
+        ip = ipaddress.ip_address(str(address).strip())
+    except ValueError:
+        return []
+    found = []
+    for c in cidrs or []:
+        try:
+            if ip in ipaddress.ip_network(str(c), strict=False):
+                found.append(c)
+        except (ValueError, TypeError):
+            continue
+    return found
+
+
 def sdcloud_gpu_names(provider=None):
     """Neutral GPU names in the catalog (only those `provider` rents, when given)."""
     return catalog.gpu_names(provider or None)
@@ -150,6 +166,7 @@ class FilterModule:
             "sdcloud_invalid_cidrs": sdcloud_invalid_cidrs,
             "sdcloud_world_cidrs": sdcloud_world_cidrs,
             "sdcloud_host_cidr": sdcloud_host_cidr,
+            "sdcloud_cidrs_containing": sdcloud_cidrs_containing,
             "sdcloud_gpu_names": sdcloud_gpu_names,
             "sdcloud_gpu_offer": sdcloud_gpu_offer,
             "sdcloud_bad_zones": sdcloud_bad_zones,

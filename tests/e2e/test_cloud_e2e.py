@@ -393,6 +393,19 @@ def test_ip_echo_that_is_not_an_address(base, gce, path, needle):
     assert [r for r in gce.requests if r["method"] != "GET"] == [], "nothing may be created"
 
 
+def test_ssh_cidrs_without_this_computer(base, gce):
+    """sdcloud_ssh_cidrs that leave the controller out locked it out of the machine; the next provision waited
+    600 s. Refused first; sdcloud_ssh_cidrs_check: false lets a VPN/bastion user through this check."""
+    gce.requests.clear()
+    v = cloud_vars(base, "gcp", sdcloud_ssh_cidrs=["192.0.2.0/24"])
+    rc, out = play(gcp_env(base, gce, "e2e-pre"), "provision.yml", v, check=False)
+    assert rc != 0
+    flat = re.sub(r"\s+", " ", out)
+    assert f'sdcloud_ssh_cidrs ["192.0.2.0/24"] do not contain this computer\'s address {base["echo"].answer}' in flat, out[-3000:]
+    assert f"Add {base['echo'].answer}/32 to sdcloud_ssh_cidrs" in flat, out[-3000:]
+    assert [r for r in gce.requests if r["method"] != "GET"] == [], "nothing may be created"
+
+
 # --- the clouds, end to end ---------------------------------------------------------------------
 
 
