@@ -409,125 +409,138 @@ def test_ssh_cidrs_without_this_computer(base, gce):
 # --- the clouds, end to end ---------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def teardown_on_failure(env, xv):
+    """A lifecycle that fails half-way runs teardown.yml before the failure is reported: its machine (on a
+    module-scoped stand-in) must not be left for the next test to trip over (one failure once cascaded into two)."""
+    try:
+        yield
+    except BaseException:
+        play(env, "teardown.yml", xv, check=False)
+        raise
+
+
 def test_gcp_lifecycle(base, gce, hosts, static_flow):  # static_flow: starts it in the background
     name, key_file = "e2e-gcp", base["tmp"] / "known_hosts"
     env, xv = gcp_env(base, gce, name), cloud_vars(base, "gcp")
+    with teardown_on_failure(env, xv):
 
-    # 1. provision: firewall rule from the detected address, spot L4, SSH, ComfyUI through the tunnel
-    _, out = play(env, "provision.yml", xv)
-    inst = gce.instances[(PROJECT, "us-central1-a", name)]
-    assert inst["status"] == "RUNNING" and inst["scheduling"]["provisioningModel"] == "SPOT"
-    assert hosts.names() == ["gce-" + name]
-    fw = gce.firewalls[(PROJECT, gcp_backend.firewall_name(name))]
-    assert fw["sourceRanges"] == [f"{hosts.net.gateway}/32"] and fw["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
-    assert re.search(rf"{name} runs on gcp \(us-central1-a\), g2-standard-4,\s+spot, ~\$0\.28/h \(sdcloud catalog "
-                     r"estimate; spot prices vary by zone and day\)", out), out[-3000:]
-    assert f"-o HostKeyAlias=sdcloud-gcp-{inst['id']} -o StrictHostKeyChecking=accept-new" in out, out[-3000:]
-    user, addr1, stats = through_tunnel(out, key_file)
-    assert (user, addr1) == ("ubuntu", hosts.addresses[-1])
-    assert stats["system"]["comfyui_version"] == "0.0.1-fixture"
-    assert ssh_allowed_from(ssh_to(base["key"], user, addr1)) == [f"{hosts.net.gateway}/32"]
-    # the host keys were pinned from the guest attributes the guest published, every type, before SSH was used
-    assert gce.requests_for("instances.getGuestAttributes")
-    assert pinned(key_file, f"sdcloud-gcp-{inst['id']}") == {
-        f"{k.split('/', 1)[1]} {v}" for k, v in hosts.host_keys("gce-" + name).items()}
-    assert len(pinned(key_file, f"sdcloud-gcp-{inst['id']}")) == 3  # rsa, ecdsa, ed25519
+        # 1. provision: firewall rule from the detected address, spot L4, SSH, ComfyUI through the tunnel
+        _, out = play(env, "provision.yml", xv)
+        inst = gce.instances[(PROJECT, "us-central1-a", name)]
+        assert inst["status"] == "RUNNING" and inst["scheduling"]["provisioningModel"] == "SPOT"
+        assert hosts.names() == ["gce-" + name]
+        fw = gce.firewalls[(PROJECT, gcp_backend.firewall_name(name))]
+        assert fw["sourceRanges"] == [f"{hosts.net.gateway}/32"] and fw["allowed"] == [{"IPProtocol": "tcp", "ports": ["22"]}]
+        assert re.search(rf"{name} runs on gcp \(us-central1-a\), g2-standard-4,\s+spot, ~\$0\.28/h \(sdcloud catalog "
+                         r"estimate; spot prices vary by zone and day\)", out), out[-3000:]
+        assert f"-o HostKeyAlias=sdcloud-gcp-{inst['id']} -o StrictHostKeyChecking=accept-new" in out, out[-3000:]
+        user, addr1, stats = through_tunnel(out, key_file)
+        assert (user, addr1) == ("ubuntu", hosts.addresses[-1])
+        assert stats["system"]["comfyui_version"] == "0.0.1-fixture"
+        assert ssh_allowed_from(ssh_to(base["key"], user, addr1)) == [f"{hosts.net.gateway}/32"]
+        # the host keys were pinned from the guest attributes the guest published, every type, before SSH was used
+        assert gce.requests_for("instances.getGuestAttributes")
+        assert pinned(key_file, f"sdcloud-gcp-{inst['id']}") == {
+            f"{k.split('/', 1)[1]} {v}" for k, v in hosts.host_keys("gce-" + name).items()}
+        assert len(pinned(key_file, f"sdcloud-gcp-{inst['id']}")) == 3  # rsa, ecdsa, ed25519
 
-    # 2. status: listed by the inventory plugin from the stand-in, services up
-    _, out = play(env, "status.yml", xv)
-    assert re.search(rf"^\s*{name}: running on gcp \(us-central1-a\), g2-standard-4, nvidia-l4,", out, re.M), out[-3000:]
-    assert re.search(r"^\s*comfyui: running", out, re.M), out[-3000:]
+        # 2. status: listed by the inventory plugin from the stand-in, services up
+        _, out = play(env, "status.yml", xv)
+        assert re.search(rf"^\s*{name}: running on gcp \(us-central1-a\), g2-standard-4, nvidia-l4,", out, re.M), out[-3000:]
+        assert re.search(r"^\s*comfyui: running", out, re.M), out[-3000:]
 
-    # 3. stop: instance TERMINATED (disk kept), test host off, the disk's monthly cost said
-    _, out = play(env, "stop.yml", xv)
-    assert gce.instances[(PROJECT, "us-central1-a", name)]["status"] == "TERMINATED"
-    assert (PROJECT, "us-central1-a", name) in gce.disks
-    assert hosts.net.machine("gce-" + name).state == "stopped"
-    assert "its disk is kept (about $5.00/month" in out, out[-3000:]
-    _, out = play(env, "status.yml", xv)
-    assert re.search(rf"^\s*{name}: stopped on gcp", out, re.M), out[-3000:]
+        # 3. stop: instance TERMINATED (disk kept), test host off, the disk's monthly cost said
+        _, out = play(env, "stop.yml", xv)
+        assert gce.instances[(PROJECT, "us-central1-a", name)]["status"] == "TERMINATED"
+        assert (PROJECT, "us-central1-a", name) in gce.disks
+        assert hosts.net.machine("gce-" + name).state == "stopped"
+        assert "its disk is kept (about $5.00/month" in out, out[-3000:]
+        _, out = play(env, "status.yml", xv)
+        assert re.search(rf"^\s*{name}: stopped on gcp", out, re.M), out[-3000:]
 
-    # a guest that publishes another host key than the one its sshd shows (what a machine in the middle
-    # would present) is refused: the pinned key is checked on every connection
-    hosts.forged_keys = {"hostkeys/ssh-ed25519": FORGED_ED25519}
-    try:
-        rc, out = play(env, "start.yml", dict(xv, sdcloud_wait_timeout=20), check=False)
-    finally:
-        hosts.forged_keys = None
-    assert rc != 0 and re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed", out), out[-3000:]
-    assert f"ssh-ed25519 {FORGED_ED25519}" in pinned(key_file, f"sdcloud-gcp-{inst['id']}")
-    # the instance runs on; its guest publishes its own keys again (as at its next boot)
-    gce.set_guest_attributes(PROJECT, "us-central1-a", name, hosts.host_keys("gce-" + name))
+        # a guest that publishes another host key than the one its sshd shows (what a machine in the middle
+        # would present) is refused: the pinned key is checked on every connection
+        hosts.forged_keys = {"hostkeys/ssh-ed25519": FORGED_ED25519}
+        try:
+            rc, out = play(env, "start.yml", dict(xv, sdcloud_wait_timeout=20), check=False)
+        finally:
+            hosts.forged_keys = None
+        assert rc != 0 and re.search(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key verification failed", out), out[-3000:]
+        assert f"ssh-ed25519 {FORGED_ED25519}" in pinned(key_file, f"sdcloud-gcp-{inst['id']}")
+        # the instance runs on; its guest publishes its own keys again (as at its next boot)
+        gce.set_guest_attributes(PROJECT, "us-central1-a", name, hosts.host_keys("gce-" + name))
 
-    # 4. start: same instance and disk, a new address picked up through the inventory; the real key pinned again
-    _, out = play(env, "start.yml", xv)
-    assert f"ssh-ed25519 {FORGED_ED25519}" not in pinned(key_file, f"sdcloud-gcp-{inst['id']}")
-    addr2 = hosts.addresses[-1]
-    assert addr2 != addr1
-    user, addr, stats = through_tunnel(out, key_file)
-    assert addr == addr2 and stats["system"]["comfyui_version"] == "0.0.1-fixture"
+        # 4. start: same instance and disk, a new address picked up through the inventory; the real key pinned again
+        _, out = play(env, "start.yml", xv)
+        assert f"ssh-ed25519 {FORGED_ED25519}" not in pinned(key_file, f"sdcloud-gcp-{inst['id']}")
+        addr2 = hosts.addresses[-1]
+        assert addr2 != addr1
+        user, addr, stats = through_tunnel(out, key_file)
+        assert addr == addr2 and stats["system"]["comfyui_version"] == "0.0.1-fixture"
 
-    # 5. teardown: nothing left on the stand-in, labelled or not, and no test host
-    _, out = play(env, "teardown.yml", xv)
-    assert f"nothing of {name} is left on gcp" in out
-    assert "listed again: 0 resources labelled sdcloud-deployment=e2e-gcp remain" in out
-    assert gce_leftovers(gce) == {"instances": [], "disks": [], "firewalls": [], "addresses": []}
-    assert labelled("gcp", gce.url) == []
-    assert hosts.names() == []
-    assert subprocess.run(["ssh-keygen", "-F", f"sdcloud-gcp-{inst['id']}", "-f", str(key_file)],
-                          capture_output=True, check=False).returncode != 0, "teardown forgets the host key"
+        # 5. teardown: nothing left on the stand-in, labelled or not, and no test host
+        _, out = play(env, "teardown.yml", xv)
+        assert f"nothing of {name} is left on gcp" in out
+        assert "listed again: 0 resources labelled sdcloud-deployment=e2e-gcp remain" in out
+        assert gce_leftovers(gce) == {"instances": [], "disks": [], "firewalls": [], "addresses": []}
+        assert labelled("gcp", gce.url) == []
+        assert hosts.names() == []
+        assert subprocess.run(["ssh-keygen", "-F", f"sdcloud-gcp-{inst['id']}", "-f", str(key_file)],
+                              capture_output=True, check=False).returncode != 0, "teardown forgets the host key"
 
 
 def test_aws_lifecycle(base, moto, hosts):
     name, key_file = "e2e-aws", base["tmp"] / "known_hosts"
     env, xv = aws_env(base, moto, name), cloud_vars(base, "aws", sdcloud_spot=False)
-    used_before = set(hosts.addresses)
+    with teardown_on_failure(env, xv):
+        used_before = set(hosts.addresses)
 
-    # 1. provision: key pair, security group from the detected address, on-demand g6.xlarge
-    _, out = play(env, "provision.yml", xv)
-    found = aws_backend.list_instances(_ec2(moto), name)
-    assert [(i.state, i.machine_type, i.spot) for i in found] == [("running", "g6.xlarge", False)]
-    iid, addr1 = found[0].id, found[0].public_ip
-    assert hosts.names() == ["aws-" + iid] and addr1 == hosts.addresses[-1]
-    # an address a deleted GCE machine had (with other host keys): per-instance host key names keep it working
-    assert addr1 in used_before, (addr1, used_before)
-    sg = _ec2(moto).describe_security_groups(GroupNames=["sdcloud-" + name])["SecurityGroups"][0]
-    assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]]) for p in sg["IpPermissions"]] == \
-        [(22, [f"{hosts.net.gateway}/32"])]
-    assert re.search(rf"{name} runs on aws \(us-east-1a\), g6\.xlarge,\s+on-demand, ~\$0\.81/h \(sdcloud catalog "
-                     r"estimate\)", out), out[-3000:]
-    user, addr, stats = through_tunnel(out, key_file)
-    assert (user, addr) == ("ubuntu", addr1) and stats["system"]["comfyui_version"] == "0.0.1-fixture"
-    # the host keys cloud-init printed on the console were pinned, every type
-    assert pinned(key_file, f"sdcloud-aws-{iid.replace('-', '_')}") == {
-        f"{k.split('/', 1)[1]} {v}" for k, v in hosts.host_keys("aws-" + iid).items()}
+        # 1. provision: key pair, security group from the detected address, on-demand g6.xlarge
+        _, out = play(env, "provision.yml", xv)
+        found = aws_backend.list_instances(_ec2(moto), name)
+        assert [(i.state, i.machine_type, i.spot) for i in found] == [("running", "g6.xlarge", False)]
+        iid, addr1 = found[0].id, found[0].public_ip
+        assert hosts.names() == ["aws-" + iid] and addr1 == hosts.addresses[-1]
+        # an address a deleted GCE machine had (with other host keys): per-instance host key names keep it working
+        assert addr1 in used_before, (addr1, used_before)
+        sg = _ec2(moto).describe_security_groups(GroupNames=["sdcloud-" + name])["SecurityGroups"][0]
+        assert [(p["FromPort"], [r["CidrIp"] for r in p["IpRanges"]]) for p in sg["IpPermissions"]] == \
+            [(22, [f"{hosts.net.gateway}/32"])]
+        assert re.search(rf"{name} runs on aws \(us-east-1a\), g6\.xlarge,\s+on-demand, ~\$0\.81/h \(sdcloud catalog "
+                         r"estimate\)", out), out[-3000:]
+        user, addr, stats = through_tunnel(out, key_file)
+        assert (user, addr) == ("ubuntu", addr1) and stats["system"]["comfyui_version"] == "0.0.1-fixture"
+        # the host keys cloud-init printed on the console were pinned, every type
+        assert pinned(key_file, f"sdcloud-aws-{iid.replace('-', '_')}") == {
+            f"{k.split('/', 1)[1]} {v}" for k, v in hosts.host_keys("aws-" + iid).items()}
 
-    # 2. status
-    _, out = play(env, "status.yml", xv)
-    assert re.search(rf"^\s*{name}: running on aws \(us-east-1a\), g6\.xlarge, nvidia-l4,", out, re.M), out[-3000:]
+        # 2. status
+        _, out = play(env, "status.yml", xv)
+        assert re.search(rf"^\s*{name}: running on aws \(us-east-1a\), g6\.xlarge, nvidia-l4,", out, re.M), out[-3000:]
 
-    # 3. stop
-    _, out = play(env, "stop.yml", xv)
-    assert [i.state for i in aws_backend.list_instances(_ec2(moto), name)] == ["stopped"]
-    assert hosts.net.machine("aws-" + iid).state == "stopped"
-    assert "its disk is kept (about $4.00/month" in out, out[-3000:]
-    _, out = play(env, "status.yml", xv)
-    assert re.search(rf"^\s*{name}: stopped on aws", out, re.M), out[-3000:]
+        # 3. stop
+        _, out = play(env, "stop.yml", xv)
+        assert [i.state for i in aws_backend.list_instances(_ec2(moto), name)] == ["stopped"]
+        assert hosts.net.machine("aws-" + iid).state == "stopped"
+        assert "its disk is kept (about $4.00/month" in out, out[-3000:]
+        _, out = play(env, "status.yml", xv)
+        assert re.search(rf"^\s*{name}: stopped on aws", out, re.M), out[-3000:]
 
-    # 4. start: a new address
-    _, out = play(env, "start.yml", xv)
-    addr2 = aws_backend.list_instances(_ec2(moto), name)[0].public_ip
-    assert addr2 != addr1 and addr2 == hosts.addresses[-1]
-    _, addr, stats = through_tunnel(out, key_file)
-    assert addr == addr2 and stats["system"]["comfyui_version"] == "0.0.1-fixture"
+        # 4. start: a new address
+        _, out = play(env, "start.yml", xv)
+        addr2 = aws_backend.list_instances(_ec2(moto), name)[0].public_ip
+        assert addr2 != addr1 and addr2 == hosts.addresses[-1]
+        _, addr, stats = through_tunnel(out, key_file)
+        assert addr == addr2 and stats["system"]["comfyui_version"] == "0.0.1-fixture"
 
-    # 5. teardown
-    _, out = play(env, "teardown.yml", xv)
-    assert f"nothing of {name} is left on aws" in out
-    assert aws_leftovers(moto) == {"instances": [], "volumes": [], "security_groups": [], "key_pairs": [],
-                                   "addresses": [], "spot_requests": []}
-    assert labelled("aws", moto.url) == []
-    assert hosts.names() == []
+        # 5. teardown
+        _, out = play(env, "teardown.yml", xv)
+        assert f"nothing of {name} is left on aws" in out
+        assert aws_leftovers(moto) == {"instances": [], "volumes": [], "security_groups": [], "key_pairs": [],
+                                       "addresses": [], "spot_requests": []}
+        assert labelled("aws", moto.url) == []
+        assert hosts.names() == []
 
 
 def _ec2(moto):
