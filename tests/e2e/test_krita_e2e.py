@@ -303,12 +303,13 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     assert {c for n in PINS["required_nodes"] for c in n["classes"]} <= set(nodes)
 
     # 8. a ComfyUI version the repository does not have: refused naming the setting; the running one stays
-    before = ssh(env, ip, "systemctl show -P ActiveEnterTimestampMonotonic comfyui; git -c safe.directory=/opt/comfyui/app -C /opt/comfyui/app rev-parse HEAD")
+    state = "systemctl show -P ActiveEnterTimestampMonotonic comfyui; git -c safe.directory='*' -C /opt/comfyui/app rev-parse HEAD"
+    before = ssh(env, ip, state)
     rc, out = play(env, "provision.yml", "-e", json.dumps({"comfyui_version": "pin-" + "0" * 40}), check=False)
     assert rc != 0
     assert "could not be checked out" in out and "Check comfyui_version" in out, out[-3000:]
     assert "were left as they were" in out, out[-3000:]
-    assert ssh(env, ip, "systemctl show -P ActiveEnterTimestampMonotonic comfyui; git -c safe.directory=/opt/comfyui/app -C /opt/comfyui/app rev-parse HEAD") == before
+    assert ssh(env, ip, state) == before
 
     _, out = play(env, "teardown.yml")
     assert f"nothing of {NAME} is left" in out
