@@ -186,18 +186,76 @@ instance:
     image: {description: Image it booted from., type: str}
     disk_size_gb: {description: Boot disk size in GB., type: int}
 attempts:
-  description: Zones tried while creating, in order, with the outcome and why a zone failed or was skipped.
+  description:
+    - Every zone considered while creating, in order (spot first, then on-demand with O(spot_fallback)), with
+      the outcome and why a zone failed or was skipped, in the same words on every provider ([] when nothing was
+      created). When nothing could be created the failure carries the same list, and its C(code) is the most
+      telling of the attempts' codes.
   returned: always
   type: list
   elements: dict
+  contains:
+    zone: {description: The zone., type: str}
+    spot: {description: Whether spot capacity was asked for., type: bool}
+    result:
+      description: V(created), V(failed) (the cloud was asked and refused) or V(skipped) (it was not asked).
+      type: str
+    code:
+      description:
+        - Why it failed or was skipped (null when created).
+        - V(NotOffered) (skipped) the zone does not offer the machine type or GPU, or is no zone of that cloud.
+        - V(NoCapacity) (failed) a stockout; the next zone is tried.
+        - V(QuotaExceeded) (failed) a quota refused it; (skipped) a quota an earlier zone hit covers this zone too
+          (a regional quota, its region; a global one, every zone).
+        - V(Throttled) (failed) the API kept throttling the create call after retries.
+        - V(NoNetwork) (skipped) nothing to attach the instance to in that zone (AWS, no subnet in the zone).
+      type: str
+    cloud_code:
+      description: The cloud's own error code (V(ZONE_RESOURCE_POOL_EXHAUSTED), V(InsufficientInstanceCapacity),
+        V(QUOTA_EXCEEDED), V(VcpuLimitExceeded) ...); null when the cloud was not asked.
+      type: str
+    reason: {description: The cloud's message when it refused; why it was skipped otherwise., type: str}
   sample:
-    - {zone: us-east-1a, spot: true, result: failed, code: InsufficientInstanceCapacity, reason: "We currently ..."}
-    - {zone: us-east-1e, spot: true, result: skipped, code: NotOffered, reason: us-east-1e does not offer g6.xlarge}
-    - {zone: us-east-1b, spot: true, result: created, code: null, reason: null}
+    - {zone: us-east-1a, spot: true, result: failed, code: NoCapacity, cloud_code: InsufficientInstanceCapacity,
+       reason: "We currently do not have sufficient g6.xlarge capacity ..."}
+    - {zone: us-east-1e, spot: true, result: skipped, code: NotOffered, cloud_code: null,
+       reason: us-east-1e does not offer g6.xlarge}
+    - {zone: us-east-1b, spot: true, result: created, code: null, cloud_code: null, reason: null}
 plan:
-  description: In check mode, what would be done (machine type, candidate zones, image, price).
-  returned: check mode
+  description: In check mode, when the instance would be created, what create would try; the same keys on every provider.
+  returned: check mode, when there is no instance yet
   type: dict
+  contains:
+    provider: {description: gcp or aws., type: str}
+    machine_type: {description: Machine / instance type., type: str}
+    gpu: {description: Neutral GPU name., type: str}
+    gpu_count: {description: GPUs in that machine type., type: int}
+    zones: {description: The zones that would be tried, in order (those offering the machine type)., type: list, elements: str}
+    zones_not_offering: {description: The zones of O(zones) that would be skipped, each with why., type: dict}
+    spot: {description: Whether spot is tried first., type: bool}
+    spot_fallback: {description: The O(spot_fallback) given., type: str}
+    image:
+      description: The image it would boot (GCP self-link, AWS AMI id), looked up for the first zone; null when no zone
+        offers the type.
+      type: str
+    image_name: {description: That image's name., type: str}
+    disk_size_gb: {description: Boot disk size in GB., type: int}
+    hourly_price: {description: Catalog price in USD per hour (spot or on-demand as asked)., type: float}
+    on_demand_hourly_price: {description: Catalog on-demand price in USD per hour., type: float}
+    price_note: {description: Where the prices come from., type: str}
+deleted:
+  description: What was deleted, in order (the instance with its disk, then on AWS its key pair, security group and
+    spot request; on GCP boot disks a half-failed create left).
+  returned: when O(state=absent), except in check mode
+  type: list
+  elements: dict
+  contains:
+    kind: {description: "instance, disk, firewall, key_pair or spot_request.", type: str}
+    id: {description: The cloud id (AWS) or name (GCP) of what was deleted., type: str}
+  sample:
+    - {kind: instance, id: i-0123456789abcdef0}
+    - {kind: key_pair, id: sdcloud-sd1}
+    - {kind: firewall, id: sg-0123456789abcdef0}
 host_keys:
   description: The published SSH host keys, "type base64" lines ([] when none were published in time).
   returned: when host_keys_timeout is above 0 and the instance runs

@@ -373,7 +373,7 @@ def shared_server(timeout: float = 30.0) -> Control:
 
 def prepare_aws(monkeypatch) -> Control:
     """pytest helper: start/reset the shared server, dummy credentials, AWS_ENDPOINT_URL, fast polls."""
-    from ansible.module_utils.sdcloud import aws, clients, errors  # noqa: PLC0415
+    from ansible.module_utils.sdcloud import base, clients, errors  # noqa: PLC0415
 
     ctl = shared_server()
     ctl.reset()
@@ -382,7 +382,7 @@ def prepare_aws(monkeypatch) -> Control:
     monkeypatch.setenv("AWS_ENDPOINT_URL", ctl.url)
     for var in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION", "AWS_REGION"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(aws, "POLL_INTERVAL", 0.02)
+    monkeypatch.setattr(base, "POLL_INTERVAL", 0.02)
     monkeypatch.setattr(errors, "RETRY_BASE", 0.01)
     clients._AWS_SESSIONS.clear()
     return ctl

@@ -10,7 +10,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "standins"))
 import moto_faults  # noqa: E402
 from ansible.module_utils.sdcloud import aws, errors  # noqa: E402
-from ansible.module_utils.sdcloud.base import InstanceSpec, SdcloudError  # noqa: E402
+from ansible.module_utils.sdcloud.base import Deadline, InstanceSpec, SdcloudError  # noqa: E402
 
 gpu_instance = moto_faults.load_module("gpu_instance")
 
@@ -106,8 +106,10 @@ def test_timeout_says_what_it_waited_for(moto, monkeypatch):
     backend = aws.AwsBackend(["us-east-1a"])
     inst, _ = backend.create_instance(InstanceSpec(name="w", gpu="nvidia-t4", zones=["us-east-1a"]), 30)
     with pytest.raises(SdcloudError) as err:
-        backend._wait(inst, "stopped", 0)
-    assert "timed out after 0s waiting for instance" in err.value.msg and "to be stopped" in err.value.msg
+        backend.wait_for_state(inst, "stopped", Deadline(0))
+    assert f"timed out after 0s waiting for instance w ({inst.id}) in us-east-1a to be stopped (it is running)" \
+        in err.value.msg
+    assert "remove it with state: absent" in err.value.msg and err.value.details["code"] == "Timeout"
 
 
 def _blob(key_type: str, seed: bytes) -> str:

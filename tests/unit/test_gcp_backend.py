@@ -6,7 +6,7 @@ import sys
 import time
 
 import pytest
-from ansible.module_utils.sdcloud import errors, gcp
+from ansible.module_utils.sdcloud import base, errors, gcp
 from ansible.module_utils.sdcloud.base import FirewallSpec, InstanceSpec, SdcloudError
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "standins"))
@@ -26,7 +26,7 @@ ACCELS = {
 
 @pytest.fixture(autouse=True)
 def fast(monkeypatch):
-    monkeypatch.setattr(gcp, "POLL_INTERVAL", 0.02)
+    monkeypatch.setattr(base, "POLL_INTERVAL", 0.02)
     monkeypatch.setattr(errors, "RETRY_BASE", 0.01)
 
 
@@ -109,11 +109,11 @@ def test_zone_failover_reports_attempts(gce, backend):
     zones = ["us-central1-a", "us-central1-b", "us-central1-c", "us-east1-b"]
     inst, attempts = backend.create_instance(spec(zones=zones), wait_timeout=30)
     assert inst.zone == "us-east1-b" and inst.region == "us-east1"
-    assert [(a.zone, a.result, a.code) for a in attempts] == [
-        ("us-central1-a", "failed", "ZONE_RESOURCE_POOL_EXHAUSTED"),
-        ("us-central1-b", "failed", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"),
-        ("us-central1-c", "failed", "UNSUPPORTED_OPERATION"),
-        ("us-east1-b", "created", None),
+    assert [(a.zone, a.result, a.code, a.cloud_code) for a in attempts] == [
+        ("us-central1-a", "failed", "NoCapacity", "ZONE_RESOURCE_POOL_EXHAUSTED"),
+        ("us-central1-b", "failed", "NoCapacity", "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS"),
+        ("us-central1-c", "failed", "NoCapacity", "UNSUPPORTED_OPERATION"),
+        ("us-east1-b", "created", None, None),
     ]
     assert "does not have enough resources" in attempts[0].reason
     assert [r["zone"] for r in inserts(gce)] == zones
@@ -127,7 +127,7 @@ def test_stockout_everywhere_fails_with_summary(gce, backend):
         gce.add_fault("insert", "ZONE_RESOURCE_POOL_EXHAUSTED", zone=zone)
     with pytest.raises(SdcloudError) as err:
         backend.create_instance(spec(), wait_timeout=30)
-    assert "us-central1-a (spot): failed" in err.value.msg and "us-central1-b (spot): failed" in err.value.msg
+    assert "us-central1-a (spot): failed NoCapacity" in err.value.msg and "us-central1-b (spot): failed" in err.value.msg
     assert "spot_fallback: on-demand" in err.value.msg and "add more zones" in err.value.msg
     assert [a["result"] for a in err.value.details["attempts"]] == ["failed", "failed"]
 
@@ -136,20 +136,22 @@ def test_zone_without_the_gpu_is_skipped_without_insert(gce, backend):
     zones = ["us-central1-f", "us-central1-c", "us-central1-a"]
     inst, attempts = backend.create_instance(spec(gpu="nvidia-t4", zones=zones), wait_timeout=30)
     assert inst.zone == "us-central1-a"
-    assert [(a.zone, a.result) for a in attempts] == [
-        ("us-central1-f", "skipped"), ("us-central1-c", "skipped"), ("us-central1-a", "created")]
+    assert [(a.zone, a.result, a.code) for a in attempts] == [
+        ("us-central1-f", "skipped", "NotOffered"), ("us-central1-c", "skipped", "NotOffered"),
+        ("us-central1-a", "created", None)]
     assert "does not offer GPU nvidia-tesla-t4" in attempts[1].reason
     assert [r["zone"] for r in inserts(gce)] == ["us-central1-a"]
     # g2 (L4) where the zone has no L4: the machine type is missing there
     plan = backend.plan_create(spec(zones=["us-central1-f", "us-central1-c"]))
     assert plan["zones"] == ["us-central1-c"]
-    assert "does not offer machine type g2-standard-4" in plan["skipped_zones"]["us-central1-f"]
+    assert "does not offer machine type g2-standard-4" in plan["zones_not_offering"]["us-central1-f"]
 
 
 def test_no_zone_offers_the_gpu(gce, backend):
     with pytest.raises(SdcloudError) as err:
         backend.create_instance(spec(gpu="nvidia-t4", zones=["us-central1-f", "us-central1-c"]), wait_timeout=30)
-    assert "None of the zones offers nvidia-tesla-t4" in err.value.msg
+    assert "none of the zones offers nvidia-tesla-t4" in err.value.msg
+    assert err.value.details["code"] == "NotOffered"
     assert inserts(gce) == []
 
 
@@ -168,7 +170,10 @@ def test_quota_names_metric_region_and_fix(gce, backend):
     attempts = err.value.details["attempts"]
     assert [(a["zone"], a["result"]) for a in attempts] == [
         ("us-central1-a", "failed"), ("us-central1-b", "skipped"), ("us-east1-b", "failed")]
-    assert attempts[1]["code"] == "QUOTA_EXCEEDED"  # regional quota: the region's other zones are not tried
+    # regional quota: the region's other zones are not tried
+    assert [(a["code"], a["cloud_code"]) for a in attempts] == [
+        ("QuotaExceeded", "QUOTA_EXCEEDED"), ("QuotaExceeded", None), ("QuotaExceeded", "QUOTA_EXCEEDED")]
+    assert attempts[1]["reason"] == "quota PREEMPTIBLE_NVIDIA_L4_GPUS exhausted in us-central1"
     assert [r["zone"] for r in inserts(gce)] == ["us-central1-a", "us-east1-b"]
 
 

@@ -146,9 +146,9 @@ def test_zone_failover_reports_attempts(moto):
     failed, res = run()
     assert not failed, res["msg"]
     assert res["instance"]["zone"] == "us-east-1b"
-    assert [(a["zone"], a["result"], a["code"]) for a in res["attempts"]] == [
-        ("us-east-1a", "failed", "InsufficientInstanceCapacity"),
-        ("us-east-1b", "created", None),
+    assert [(a["zone"], a["result"], a["code"], a["cloud_code"]) for a in res["attempts"]] == [
+        ("us-east-1a", "failed", "NoCapacity", "InsufficientInstanceCapacity"),
+        ("us-east-1b", "created", None, None),
     ]
     assert "sufficient g4dn.xlarge capacity" in res["attempts"][0]["reason"]
     # the capacity error is not retried in the same zone (botocore would, HTTP 500): one call per zone
@@ -161,7 +161,8 @@ def test_zone_not_offering_type_is_skipped(moto):
     assert not failed, res["msg"]
     assert res["instance"]["zone"] == "us-east-1c"
     assert res["attempts"][0] == {"zone": "us-east-1e", "spot": True, "result": "skipped",
-                                  "reason": "us-east-1e does not offer g4dn.xlarge", "code": "NotOffered"}
+                                  "reason": "us-east-1e does not offer g4dn.xlarge", "code": "NotOffered",
+                                  "cloud_code": None}
     assert [r["zone"] for r in moto.requests("RunInstances")] == ["us-east-1c"]
 
 
@@ -187,7 +188,8 @@ def test_no_spot_capacity_without_fallback_fails_with_fix(moto, ec2):
     moto.fault("RunInstances", "InsufficientInstanceCapacity", market="spot")
     failed, res = run()
     assert failed
-    assert "could not create g4dn.xlarge" in res["msg"] and "spot_fallback: on-demand" in res["msg"]
+    assert "could not create nvidia-t4 (g4dn.xlarge) for deployment 'sd1'" in res["msg"]
+    assert "spot_fallback: on-demand" in res["msg"]
     assert [a["result"] for a in res["attempts"]] == ["failed", "failed"]
     assert live_instances(ec2) == []
 
@@ -203,7 +205,11 @@ def test_quota_names_quota_region_and_fix(moto):
     assert "https://us-east-1.console.aws.amazon.com/servicequotas/home/services/ec2/quotas/L-3819A6DF" in msg
     # a regional quota: the other zones of the region are not tried
     assert len(moto.requests("RunInstances")) == 1
-    assert [a["code"] for a in res["attempts"]] == ["VcpuLimitExceeded", "QuotaExhausted", "QuotaExhausted"]
+    assert [(a["result"], a["code"], a["cloud_code"]) for a in res["attempts"]] == [
+        ("failed", "QuotaExceeded", "VcpuLimitExceeded"), ("skipped", "QuotaExceeded", None),
+        ("skipped", "QuotaExceeded", None)]
+    assert res["attempts"][1]["reason"] == "quota L-3819A6DF (All G and VT Spot Instance Requests) exhausted in us-east-1"
+    assert res["code"] == "QuotaExceeded"
 
 
 def test_on_demand_quota_names_on_demand_quota(moto):

@@ -5,7 +5,7 @@ import pathlib
 import sys
 
 import pytest
-from ansible.module_utils.sdcloud import errors, gcp
+from ansible.module_utils.sdcloud import base, errors
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "standins"))
 import gce_server  # noqa: E402
@@ -19,7 +19,7 @@ KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIBmQ9sD6lTjOaT1v3w7ZB8C8XkQn2wYvV7Zkq
 
 @pytest.fixture
 def gce(monkeypatch):
-    monkeypatch.setattr(gcp, "POLL_INTERVAL", 0.02)
+    monkeypatch.setattr(base, "POLL_INTERVAL", 0.02)
     monkeypatch.setattr(errors, "RETRY_BASE", 0.01)
     for var in ("SDCLOUD_GCP_ENDPOINT", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"):
         monkeypatch.delenv(var, raising=False)

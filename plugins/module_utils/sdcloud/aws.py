@@ -9,6 +9,10 @@ sdcloud-deployment=<name>):
 - security group sdcloud-<name>     (default VPC; no ingress until cloud_firewall adds it)
 - the instance, its root EBS volume, and for spot its persistent spot request.
 
+Placement is base.Backend.create_instance; this file writes its hooks (placement_zones expands
+regions, offers_in_zone reads DescribeInstanceTypeOfferings, try_zone prepares the region once and
+calls RunInstances without SDK retries, classify_error sorts capacity / quota / throttling codes).
+
 Host keys: cloud-init prints the instance's SSH host keys on the serial console between
 "-----BEGIN SSH HOST KEY KEYS-----" and "-----END SSH HOST KEY KEYS-----"; host_keys() reads them
 with GetConsoleOutput (Latest=true on Nitro instance types, the buffered output otherwise) so the
@@ -21,13 +25,13 @@ import datetime
 import itertools
 import os
 import re
-import time
 
 from ansible.module_utils.sdcloud import catalog
 from ansible.module_utils.sdcloud.base import (
-    ATTEMPT_CREATED,
-    ATTEMPT_FAILED,
-    ATTEMPT_SKIPPED,
+    CODE_NO_CAPACITY,
+    CODE_NO_NETWORK,
+    CODE_QUOTA,
+    CODE_THROTTLED,
     DELETE_ORDER,
     KIND_ADDRESS,
     KIND_DISK,
@@ -39,19 +43,23 @@ from ansible.module_utils.sdcloud.base import (
     LABEL_MANAGED,
     PENDING,
     RUNNING,
+    SCOPE_REGION,
     STOPPED,
     STOPPING,
     TERMINATED,
-    Attempt,
     Backend,
+    Deadline,
     Firewall,
     FirewallSpec,
     Instance,
     InstanceSpec,
+    Refusal,
     Resource,
     SdcloudError,
+    ZoneRefused,
     managed_labels,
     valid_host_key,
+    wait_for,
 )
 from ansible.module_utils.sdcloud.clients import ENV_AWS_ENDPOINT, aws_client, aws_config, aws_session
 from ansible.module_utils.sdcloud.errors import (
@@ -67,7 +75,6 @@ from ansible.module_utils.sdcloud.errors import (
 )
 
 PROVIDER = "aws"
-POLL_INTERVAL = 5.0  # seconds between state polls (tests lower it)
 TAG_SSH_USER = "sdcloud-ssh-user"
 TAG_GPU = "sdcloud-gpu"
 
@@ -218,6 +225,7 @@ class AwsBackend(Backend):
             regions = [default]
         self.regions = regions
         self._clients: dict = {}
+        self._offered: dict = {}  # (region, instance type) -> the AZs offering it
 
     @classmethod
     def from_params(cls, params: dict) -> AwsBackend:
@@ -327,32 +335,9 @@ class AwsBackend(Backend):
             )
         return images[0]
 
-    def plan_create(self, spec: InstanceSpec) -> dict:
-        offer = catalog.offering(PROVIDER, spec.gpu)
-        zones, skipped = [], []
-        offered_by_region: dict = {}
-        for az in self.candidate_zones(spec.zones):
-            region = region_of(az)
-            if region not in offered_by_region:
-                offered_by_region[region] = self.offered_zones(region, offer.machine_type)
-            (zones if az in offered_by_region[region] else skipped).append(az)
-        image = self.resolve_image(region_of(zones[0]), spec) if zones else None
-        return {
-            "provider": PROVIDER,
-            "machine_type": offer.machine_type,
-            "gpu": spec.gpu,
-            "gpu_count": offer.gpu_count,
-            "zones": zones,
-            "zones_not_offering": skipped,
-            "spot": spec.spot,
-            "spot_fallback": spec.spot_fallback,
-            "image": image["ImageId"] if image else None,
-            "image_name": image.get("Name") if image else None,
-            "disk_size_gb": spec.disk_size_gb,
-            "hourly_price": offer.hourly(spec.spot),
-            "on_demand_hourly_price": offer.on_demand_hourly,
-            "price_note": catalog.price_note(PROVIDER),
-        }
+    def read_instance(self, instance: Instance) -> Instance | None:
+        d = self._get(instance)
+        return instance_from_aws(d, instance.region, instance.disk_size_gb) if d else None
 
     # --- per-deployment prerequisites ------------------------------------------------------------
     def _default_vpc(self, region: str) -> str:
@@ -440,152 +425,115 @@ class AwsBackend(Backend):
             tag_specs.append({"ResourceType": "spot-instances-request", "Tags": _tag_list(labels)})
         return params
 
-    def create_instance(self, spec: InstanceSpec, wait_timeout: int) -> tuple:
-        offer = catalog.offering(PROVIDER, spec.gpu)
-        labels = managed_labels(spec.name, spec.labels)
-        attempts: list = []
-        candidates = self.candidate_zones(spec.zones)
-        if not candidates:
+    # --- placement hooks (the zone walk is base.Backend.create_instance) ---------------------------
+    def placement_zones(self, spec: InstanceSpec) -> list:
+        zones = self.candidate_zones(spec.zones)
+        if not zones:
             raise SdcloudError("no zones to try: set `zones` (AWS regions and/or availability zones)")
-        offered: dict = {}
-        prepared: dict = {}  # region -> (image, vpc, sg, key_name)
-        markets = [spec.spot] + ([False] if spec.spot and spec.spot_fallback == "on-demand" else [])
-        quota_notes: list = []
-        for spot in markets:
-            blocked_regions: dict = {}  # region -> quota code (regional quota: skip its other AZs)
-            for az in candidates:
-                region = region_of(az)
-                if region not in offered:
-                    offered[region] = self.offered_zones(region, offer.machine_type)
-                if az not in offered[region]:
-                    attempts.append(Attempt(az, spot, ATTEMPT_SKIPPED,
-                                            f"{az} does not offer {offer.machine_type}", "NotOffered"))
-                    continue
-                if region in blocked_regions:
-                    attempts.append(Attempt(az, spot, ATTEMPT_SKIPPED,
-                                            f"quota {blocked_regions[region]} already exhausted in {region}",
-                                            "QuotaExhausted"))
-                    continue
-                if region not in prepared:
-                    image = self.resolve_image(region, spec)
-                    vpc = self._default_vpc(region)
-                    sg, _ = self.ensure_security_group(region, spec.name, labels)
-                    key_name = (self.ensure_key_pair(region, spec.name, spec.ssh_public_key, labels)
-                                if spec.ssh_public_key else None)
-                    prepared[region] = (image, vpc, sg, key_name)
-                image, vpc, sg, key_name = prepared[region]
-                subnet = self._subnet(region, vpc, az)
-                if not subnet:
-                    attempts.append(Attempt(az, spot, ATTEMPT_SKIPPED,
-                                            f"no subnet in {az} (create one: `aws ec2 create-default-subnet "
-                                            f"--availability-zone {az}`)", "NoSubnet"))
-                    continue
-                params = self._run_params(spec, offer, image, az, subnet, sg, key_name, spot, labels)
-                try:
-                    res = retry(self.ec2(region, run=True).run_instances, **params)
-                except Exception as exc:
-                    code = aws_code(exc)
-                    if code in AWS_CAPACITY:
-                        attempts.append(Attempt(az, spot, ATTEMPT_FAILED, aws_message(exc), code))
-                        continue
-                    if code in AWS_QUOTA:
-                        qcode, qname = catalog.aws_quota(offer, spot)
-                        note = quota_help(qcode, qname, region, offer.vcpus)
-                        attempts.append(Attempt(az, spot, ATTEMPT_FAILED, f"{code}: {note}", code))
-                        blocked_regions[region] = qcode
-                        if note not in quota_notes:
-                            quota_notes.append(note)
-                        continue
-                    if is_aws_throttling(exc):
-                        attempts.append(Attempt(az, spot, ATTEMPT_FAILED, "throttled after retries", code))
-                        continue
-                    err = aws_error(exc, f"launching {offer.machine_type} in {az}", region)
-                    err.details["attempts"] = [a.to_dict() for a in attempts]
-                    raise err from exc
-                attempts.append(Attempt(az, spot, ATTEMPT_CREATED, None, None))
-                d = res["Instances"][0]
-                inst = instance_from_aws(d, region, disk_size_gb=int(spec.disk_size_gb))
-                inst = self._wait(inst, RUNNING, wait_timeout, need_ip=True)
-                inst.disk_size_gb = int(spec.disk_size_gb)
-                return inst, attempts
-        raise SdcloudError(self._no_capacity_message(spec, offer, attempts, quota_notes),
-                           attempts=[a.to_dict() for a in attempts])
+        return zones
 
-    @staticmethod
-    def _no_capacity_message(spec, offer, attempts, quota_notes) -> str:
-        tried = "; ".join(
-            f"{a.zone} ({'spot' if a.spot else 'on-demand'}): {a.code}" for a in attempts
-        ) or "none"
-        fixes = list(quota_notes)
-        if spec.spot and spec.spot_fallback != "on-demand":
-            fixes.append("set spot_fallback: on-demand to try on-demand capacity")
-        fixes.append("add more regions/zones to `zones` or pick another gpu")
-        return (f"could not create {offer.machine_type} ({spec.gpu}) for {spec.name!r} in any zone. "
-                f"Tried: {tried}. To fix: {'; '.join(fixes)}")
+    def zone_region(self, zone: str) -> str:
+        return region_of(zone)
 
-    # --- waits and state changes -----------------------------------------------------------------
-    def _wait(self, inst: Instance, state: str, wait_timeout: int, need_ip: bool = False,
-              gone_ok: bool = False) -> Instance:
-        deadline = time.monotonic() + max(int(wait_timeout), 0)
-        current = inst
-        while True:
-            d = self._get(inst)
-            if d is None:
-                if gone_ok:
-                    return inst
-            else:
-                current = instance_from_aws(d, inst.region, inst.disk_size_gb)
-                if current.state == state and (current.public_ip or not need_ip):
-                    return current
-            if time.monotonic() >= deadline:
-                what = f"{state}" + (" with a public IP" if need_ip else "")
-                raise SdcloudError(
-                    f"timed out after {wait_timeout}s waiting for instance {inst.id} ({inst.name}, {inst.zone}) "
-                    f"to be {what}; it is {current.state}. It may still cost money: re-run (raise wait_timeout), "
-                    "or remove it with state: absent")
-            time.sleep(POLL_INTERVAL)
+    def offers_in_zone(self, zone: str, offer: catalog.Offering) -> str | None:
+        key = (region_of(zone), offer.machine_type)
+        if key not in self._offered:
+            self._offered[key] = self.offered_zones(*key)
+        return None if zone in self._offered[key] else f"{zone} does not offer {offer.machine_type}"
 
+    def image_for(self, spec: InstanceSpec, zone: str) -> tuple:
+        image = self.resolve_image(region_of(zone), spec)
+        return image["ImageId"], image.get("Name")
+
+    def prepare_placement(self, spec: InstanceSpec, offer: catalog.Offering) -> dict:
+        # regions are prepared on their first try: a walk that succeeds in its first region touches no other
+        return {"spec": spec, "offer": offer, "labels": managed_labels(spec.name, spec.labels), "regions": {}}
+
+    def _prepare_region(self, placement: dict, region: str) -> tuple:
+        """(image, vpc, security group, key pair name) of `region`, made once per create."""
+        if region not in placement["regions"]:
+            spec, labels = placement["spec"], placement["labels"]
+            image = self.resolve_image(region, spec)
+            vpc = self._default_vpc(region)
+            sg, _ = self.ensure_security_group(region, spec.name, labels)
+            key_name = self.ensure_key_pair(region, spec.name, spec.ssh_public_key, labels) if spec.ssh_public_key else None
+            placement["regions"][region] = (image, vpc, sg, key_name)
+        return placement["regions"][region]
+
+    def try_zone(self, placement: dict, zone: str, spot: bool, deadline: Deadline) -> Instance:
+        spec, offer = placement["spec"], placement["offer"]
+        region = region_of(zone)
+        image, vpc, sg, key_name = self._prepare_region(placement, region)
+        subnet = self._subnet(region, vpc, zone)
+        if not subnet:
+            raise ZoneRefused(Refusal(CODE_NO_NETWORK, f"no subnet in {zone} (create one: `aws ec2 create-default-subnet "
+                                      f"--availability-zone {zone}`)", skipped=True))
+        params = self._run_params(spec, offer, image, zone, subnet, sg, key_name, spot, placement["labels"])
+        res = retry(self.ec2(region, run=True).run_instances, **params)  # throttling only; a refusal is raised
+        return instance_from_aws(res["Instances"][0], region, disk_size_gb=int(spec.disk_size_gb))
+
+    def classify_error(self, exc: Exception, placement: dict, zone: str, spot: bool):
+        offer, region = placement["offer"], region_of(zone)
+        code = aws_code(exc)
+        if code in AWS_CAPACITY:
+            return Refusal(CODE_NO_CAPACITY, aws_message(exc), code)
+        if code in AWS_QUOTA:
+            qcode, qname = catalog.aws_quota(offer, spot)
+            return Refusal(CODE_QUOTA, aws_message(exc), code, scope=SCOPE_REGION, quota=f"{qcode} ({qname})",
+                           fix=quota_help(qcode, qname, region, offer.vcpus))
+        if is_aws_throttling(exc):
+            return Refusal(CODE_THROTTLED, f"throttled after retries: {aws_message(exc)}", code)
+        return aws_error(exc, f"launching {offer.machine_type} in {zone}", region)
+
+    # --- state changes ---------------------------------------------------------------------------
     def start_instance(self, instance: Instance, wait_timeout: int) -> Instance:
+        deadline = Deadline(wait_timeout)
         if instance.state == STOPPING:
-            instance = self._wait(instance, STOPPED, wait_timeout)
+            instance = self.wait_for_state(instance, STOPPED, deadline)
         if instance.state == STOPPED:
             aws_call(self.ec2(instance.region).start_instances, f"starting {instance.id}", instance.region,
                      InstanceIds=[instance.id])
-        return self._wait(instance, RUNNING, wait_timeout, need_ip=True)
+        return self.wait_for_state(instance, RUNNING, deadline, need_ip=True)
 
     def host_keys(self, instance: Instance, timeout: int) -> list:
         """The SSH host keys cloud-init printed on the serial console, "type base64" sorted; polls up to
         `timeout` s (the console is written a little after boot). [] when none appeared: an image
         without cloud-init, or console output not yet posted (Xen types post it minutes late)."""
         ec2 = self.ec2(instance.region)
-        deadline = time.monotonic() + max(0, timeout)
         latest = True
-        while True:
-            try:
-                res = aws_call(ec2.get_console_output, f"reading the console output of {instance.id}", instance.region,
-                               InstanceId=instance.id, **({"Latest": True} if latest else {}))
-            except SdcloudError as exc:
-                code = exc.details.get("code")
-                if latest and code in ("UnsupportedOperation", "InvalidParameterCombination", "InvalidParameterValue"):
-                    latest = False  # not a Nitro type: only the buffered output exists
-                    continue
-                if code in ("UnauthorizedOperation", "AccessDenied"):
-                    return []  # no ec2:GetConsoleOutput: the caller warns and the first connection trusts the key
-                raise
-            keys = console_host_keys(res.get("Output") or "")
-            if keys or time.monotonic() >= deadline:
-                return keys
-            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+
+        def probe():
+            nonlocal latest
+            while True:
+                try:
+                    res = aws_call(ec2.get_console_output, f"reading the console output of {instance.id}",
+                                   instance.region, InstanceId=instance.id, **({"Latest": True} if latest else {}))
+                except SdcloudError as exc:
+                    code = exc.details.get("code")
+                    if latest and code in ("UnsupportedOperation", "InvalidParameterCombination", "InvalidParameterValue"):
+                        latest = False  # not a Nitro type: only the buffered output exists
+                        continue
+                    if code in ("UnauthorizedOperation", "AccessDenied"):
+                        return True, [], ""  # no ec2:GetConsoleOutput: the caller warns, the first connection trusts
+                    raise
+                keys = console_host_keys(res.get("Output") or "")
+                return bool(keys), keys, "no host keys on the console yet"
+
+        return wait_for(probe, Deadline(timeout), f"the host keys of {instance.id}", quiet=True) or []
 
     def stop_instance(self, instance: Instance, wait_timeout: int) -> Instance:
+        deadline = Deadline(wait_timeout)
         if instance.state in (RUNNING, PENDING):
             if instance.state == PENDING:
-                instance = self._wait(instance, RUNNING, wait_timeout)
+                instance = self.wait_for_state(instance, RUNNING, deadline)
             aws_call(self.ec2(instance.region).stop_instances, f"stopping {instance.id}", instance.region,
                      InstanceIds=[instance.id])
-        return self._wait(instance, STOPPED, wait_timeout)
+        return self.wait_for_state(instance, STOPPED, deadline)
 
     def delete_instance(self, instance: Instance, wait_timeout: int) -> None:
+        self._delete_instance(instance, Deadline(wait_timeout))
+
+    def _delete_instance(self, instance: Instance, deadline: Deadline) -> None:
         ec2 = self.ec2(instance.region)
         d = self._get(instance)
         if d and d.get("SpotInstanceRequestId"):
@@ -593,7 +541,7 @@ class AwsBackend(Backend):
             aws_call(ec2.cancel_spot_instance_requests, "cancelling the spot request", instance.region,
                      SpotInstanceRequestIds=[d["SpotInstanceRequestId"]])
         aws_call(ec2.terminate_instances, f"terminating {instance.id}", instance.region, InstanceIds=[instance.id])
-        self._wait(instance, TERMINATED, wait_timeout, gone_ok=True)
+        self.wait_for_state(instance, TERMINATED, deadline, gone_ok=True)
 
     def delete_instance_extras(self, name: str, wait_timeout: int) -> list:
         deleted = []
@@ -751,6 +699,7 @@ class AwsBackend(Backend):
         return out
 
     def delete_resources(self, resources: list, wait_timeout: int) -> None:
+        deadline = Deadline(wait_timeout)  # every instance's wait shares it: wait_timeout bounds the sweep
         order = {k: i for i, k in enumerate(DELETE_ORDER)}
         for res in sorted(resources, key=lambda r: order.get(r.kind, len(order))):
             region = region_of(res.location) if res.location != "global" else self.regions[0]
@@ -761,7 +710,7 @@ class AwsBackend(Backend):
             elif res.kind == KIND_INSTANCE:
                 inst = Instance(name=res.name or res.id, provider=PROVIDER, id=res.id, zone=res.location,
                                 region=region, state=res.state or RUNNING)
-                self.delete_instance(inst, wait_timeout)
+                self._delete_instance(inst, deadline)
             elif res.kind == KIND_ADDRESS:
                 self._release_address(ec2, region, res)
             elif res.kind == KIND_DISK:

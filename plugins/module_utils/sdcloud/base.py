@@ -5,6 +5,15 @@ through this interface, so GCP and AWS differ in one place each (gcp.py, aws.py)
 
 Backends: `sdcloud.aws.AwsBackend` and `sdcloud.gcp.GcpBackend`, both subclasses of `Backend`
 below; modules get one with `backend_from_params(params)`.
+
+Placement (creating an instance somewhere in a zone preference list) is written once, here:
+`Backend.create_instance` walks the zones - spot first, then on-demand when asked; a zone that does not
+offer the type is skipped without a call; a stockout moves on to the next zone; a regional quota
+skips the rest of that region, a global one every zone left - records one `Attempt` per zone in one
+vocabulary (ATTEMPT_* results, CODE_* codes, below) and, when nothing could be created, raises one
+summary (`placement_summary`). A provider writes only the hooks the loop calls (the "placement hooks"
+of `Backend`), as SkyPilot's failover provisioner leaves only error classification and the launch
+call to each cloud. Every wait goes through `wait_for` (one poll interval, one monotonic `Deadline`).
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ import base64
 import binascii
 import dataclasses
 import re
+import time
 
 # Every resource sdcloud creates carries these labels/tags; inventory and teardown
 # find resources by them and touch nothing else.
@@ -71,24 +81,137 @@ def managed_labels(deployment: str, extra: dict | None = None) -> dict:
     return labels
 
 
-# Outcomes of one placement attempt (Attempt.result).
-ATTEMPT_CREATED = "created"
-ATTEMPT_FAILED = "failed"  # the cloud refused: stockout, quota, unsupported ...
-ATTEMPT_SKIPPED = "skipped"  # not tried: the zone does not offer the machine type, or the zone is unknown
+# --- the attempt vocabulary -------------------------------------------------------------------------
+# Every provider reports a zone it considered while placing an instance with these words, so the same
+# fault reads the same on GCP and AWS (and on the next provider); the cloud's own error code rides along
+# in Attempt.cloud_code. gpu_instance returns the list as `attempts` (see its RETURN doc).
+#
+# Attempt.result: whether the cloud was asked.
+ATTEMPT_CREATED = "created"  # asked, and it made the instance
+ATTEMPT_FAILED = "failed"  # asked, and it refused (Attempt.code says why)
+ATTEMPT_SKIPPED = "skipped"  # not asked: the zone could not have taken it (Attempt.code says why)
+# Attempt.code: why a zone failed or was skipped (None when created).
+CODE_NOT_OFFERED = "NotOffered"  # skipped: the zone does not offer the machine type or GPU, or is no zone of that cloud
+CODE_NO_CAPACITY = "NoCapacity"  # failed: a stockout (GCP ZONE_RESOURCE_POOL_EXHAUSTED, AWS InsufficientInstanceCapacity ...)
+CODE_QUOTA = "QuotaExceeded"  # failed: a quota refused it; skipped: a quota an earlier zone hit covers this one too
+CODE_THROTTLED = "Throttled"  # failed: the API kept throttling the create call after retries
+CODE_NO_NETWORK = "NoNetwork"  # skipped: nothing to attach the instance to in that zone (AWS: no subnet in the AZ)
+ATTEMPT_CODES = (CODE_NOT_OFFERED, CODE_NO_CAPACITY, CODE_QUOTA, CODE_THROTTLED, CODE_NO_NETWORK)
+
+# Refusal.scope: what else a refusal rules out for the rest of this market's walk.
+SCOPE_ZONE = "zone"  # only this zone (a stockout)
+SCOPE_REGION = "region"  # every zone of its region (a regional quota)
+SCOPE_ALL = "all"  # every zone (a global quota such as GCP's GPUS_ALL_REGIONS)
 
 
 @dataclasses.dataclass
 class Attempt:
-    """One zone tried while placing an instance; the module returns the list as `attempts`."""
+    """One zone considered while placing an instance; the module returns the list as `attempts`."""
 
     zone: str
     spot: bool
     result: str  # ATTEMPT_CREATED | ATTEMPT_FAILED | ATTEMPT_SKIPPED
-    reason: str | None = None  # human sentence: why it failed / was skipped
-    code: str | None = None  # provider error code (InsufficientInstanceCapacity, ZONE_RESOURCE_POOL_EXHAUSTED ...)
+    reason: str | None = None  # human sentence: the cloud's words when it refused, ours when skipped
+    code: str | None = None  # one of ATTEMPT_CODES; None when created
+    cloud_code: str | None = None  # the cloud's own error code (ZONE_RESOURCE_POOL_EXHAUSTED, VcpuLimitExceeded ...)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass
+class Refusal:
+    """Why a zone would not take the instance: what `Backend.classify_error` makes of a cloud error."""
+
+    code: str  # one of ATTEMPT_CODES
+    reason: str  # the cloud's message (or ours, for a refusal found without asking)
+    cloud_code: str | None = None
+    scope: str = SCOPE_ZONE  # SCOPE_ZONE | SCOPE_REGION | SCOPE_ALL
+    quota: str | None = None  # the quota's name (metric / quota code), when code is CODE_QUOTA
+    fix: str | None = None  # how to lift it (the quota, where, the console URL and the command), for the summary
+    skipped: bool = False  # True when the cloud was not asked (try_zone found a missing prerequisite)
+
+
+class ZoneRefused(Exception):  # noqa: N818 - a signal to the zone walk, not an error
+    """Raised by a try_zone hook for a refusal it finds itself, before asking the cloud (no subnet ...)."""
+
+    def __init__(self, refusal: Refusal):
+        super().__init__(refusal.reason)
+        self.refusal = refusal
+
+
+def placement_summary(spec, offer, attempts: list, fixes: list) -> str:
+    """The one message for "nothing could be created": every zone tried with its result, code and reason,
+    then what to do (the quotas to raise, more zones, spot_fallback, other zones)."""
+    tried = "; ".join(
+        f"{a.zone} ({'spot' if a.spot else 'on-demand'}): {a.result} {a.code}" + (f" - {a.reason.rstrip('. ')}" if a.reason else "")
+        for a in attempts) or "no zone"
+    todo = list(dict.fromkeys(fixes))
+    if any(a.code in (CODE_NO_CAPACITY, CODE_THROTTLED) for a in attempts):
+        todo.append("add more zones or regions to `zones`")
+        if spec.spot and spec.spot_fallback != "on-demand":
+            todo.append("set spot_fallback: on-demand to try on-demand capacity")
+    if attempts and all(a.code == CODE_NOT_OFFERED for a in attempts):
+        todo.append(f"none of the zones offers {offer.accelerator_type or offer.machine_type}: choose other zones, "
+                    "or another gpu")
+    return (f"could not create {spec.gpu} ({offer.machine_type}) for deployment {spec.name!r} in any zone. "
+            f"Tried: {tried}. To fix: {'; '.join(todo) or 'see the reasons above'}.")
+
+
+def _failure_code(attempts: list) -> str:
+    """The error code of a failed placement: the most telling of its attempts' codes."""
+    codes = {a.code for a in attempts}
+    for code in (CODE_NO_CAPACITY, CODE_THROTTLED, CODE_QUOTA, CODE_NO_NETWORK):
+        if code in codes:
+            return code
+    return CODE_NOT_OFFERED
+
+
+# --- waits ------------------------------------------------------------------------------------------
+# One poll interval for every provider. 2 s, not 5: a GPU VM runs 20-60 s after its create call and a
+# run waits several times (create, start, stop), so a 5 s poll adds up to 5 s to each wait for nothing,
+# while one read every 2 s (300 in a 600 s wait) is far below what EC2's and Compute Engine's read rate
+# limits allow. Tests lower it; keep it a module attribute.
+POLL_INTERVAL = 2.0
+WAIT_FIX = "it may still finish: re-run to pick it up, or raise wait_timeout"
+INSTANCE_WAIT_FIX = "it may still cost money: re-run to pick it up (raise wait_timeout), or remove it with state: absent"
+
+
+class Deadline:
+    """When a bounded wait gives up: `timeout` seconds after it was made, on the monotonic clock (a clock
+    change never stretches or cuts a wait). One Deadline spans one module call - create_instance's zone
+    walk, its operation waits and the wait for the machine to run share it - so `wait_timeout` bounds the
+    whole call, not each wait in it."""
+
+    def __init__(self, timeout: float):
+        self.timeout = max(0, timeout)
+        self.at = time.monotonic() + self.timeout
+
+    def remaining(self) -> float:
+        return max(0.0, self.at - time.monotonic())
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.at
+
+
+def wait_for(probe, deadline: Deadline, what: str, *, fix: str = WAIT_FIX, quiet: bool = False, **details):
+    """Poll until done: the one wait every backend uses.
+
+    probe() returns (done, value, now): `value` is returned once `done`; `now` says where things stand
+    ("it is pending") for the timeout message. Probes are POLL_INTERVAL seconds apart, never past the
+    deadline; the first is made at once. At the deadline: SdcloudError "timed out after <N>s waiting for
+    <what> (<now>); <fix>" with code Timeout (and `details`), or None when `quiet` (a wait whose end is
+    not an error: host keys that never appeared)."""
+    while True:
+        done, value, now = probe()
+        if done:
+            return value
+        if deadline.expired():
+            if quiet:
+                return None
+            raise SdcloudError(f"timed out after {deadline.timeout:g}s waiting for {what} ({now}); {fix}",
+                               code="Timeout", **details)
+        time.sleep(min(POLL_INTERVAL, deadline.remaining()))
 
 
 @dataclasses.dataclass
@@ -167,8 +290,8 @@ class Backend(abc.ABC):
 
     Rules for implementations:
     - every cloud error becomes SdcloudError(msg, **details) whose msg names the fix;
-    - nothing here prompts, prints or exits; every wait is bounded by the `wait_timeout` given and its
-      error says what it waited for;
+    - nothing here prompts, prints or exits; every wait goes through wait_for with one Deadline made
+      from the `wait_timeout` given, so its error says what it waited for;
     - read methods (find_*, list_*, plan_create, get_firewall) change nothing: check mode calls only them;
     - resources created carry managed_labels(spec.name, spec.labels).
     """
@@ -190,20 +313,152 @@ class Backend(abc.ABC):
 
     @abc.abstractmethod
     def list_instances(self, deployment: str | None = None) -> list:
-        """All sdcloud-managed instances (any state but terminated), optionally of one deployment."""
+        """All sdcloud-managed instances (any state but terminated), optionally of one deployment, in the
+        zones/regions the backend was built with (GCP: every zone when none were given). The inventory
+        plugin lists through this; keep it cheap to import and run."""
 
-    @abc.abstractmethod
     def plan_create(self, spec: InstanceSpec) -> dict:
-        """Read-only plan for check mode: {"machine_type", "gpu", "zones" (candidates in order, offered
-        ones only), "spot", "image", "hourly_price", "disk_size_gb"}. May look up images/offerings."""
+        """Read-only plan for check mode (gpu_instance returns it as `plan`, documented there): what
+        create_instance would try, in the same shape on every provider."""
+        from ansible.module_utils.sdcloud import catalog  # catalog imports this module
+
+        offer = catalog.offering(self.provider, spec.gpu)
+        zones = self.placement_zones(spec)
+        not_offered = {z: why for z in zones if (why := self.offers_in_zone(z, offer))}
+        offered = [z for z in zones if z not in not_offered]
+        image, image_name = self.image_for(spec, offered[0]) if offered else (None, None)
+        return {
+            "provider": self.provider, "machine_type": offer.machine_type, "gpu": spec.gpu,
+            "gpu_count": offer.gpu_count, "zones": offered, "zones_not_offering": not_offered, "spot": spec.spot,
+            "spot_fallback": spec.spot_fallback, "image": image, "image_name": image_name,
+            "disk_size_gb": spec.disk_size_gb, "hourly_price": offer.hourly(spec.spot),
+            "on_demand_hourly_price": offer.on_demand_hourly, "price_note": catalog.price_note(self.provider),
+        }
+
+    def create_instance(self, spec: InstanceSpec, wait_timeout: int) -> tuple:
+        """Create the instance walking spec.zones, and wait until it runs with a public IP; all of it
+        within `wait_timeout` seconds.
+
+        Spot first; then, when spec.spot_fallback == "on-demand" and no zone took it, every zone again
+        on-demand. Per zone: skipped (CODE_NOT_OFFERED) when offers_in_zone says no, without a call;
+        skipped (CODE_QUOTA) when a quota an earlier zone hit covers it (Refusal.scope); else try_zone,
+        whose errors classify_error turns into a Refusal (record it, clean up, next zone) or an
+        SdcloudError (stop). Returns (Instance, [Attempt, ...]). When no zone took it: SdcloudError with
+        placement_summary() as msg and details attempts=[Attempt.to_dict(), ...]."""
+        from ansible.module_utils.sdcloud import catalog  # catalog imports this module
+
+        deadline = Deadline(wait_timeout)
+        offer = catalog.offering(self.provider, spec.gpu)
+        zones = self.placement_zones(spec)
+        placement = self.prepare_placement(spec, offer)
+        attempts: list = []
+        fixes: list = []
+        markets = [spec.spot] + ([False] if spec.spot and spec.spot_fallback == "on-demand" else [])
+        for spot in markets:
+            blocked: dict = {}  # SCOPE_ALL or a region -> the Refusal (a quota) that rules it out, this market
+            for zone in zones:
+                why = self.offers_in_zone(zone, offer)
+                if why:
+                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, why, CODE_NOT_OFFERED))
+                    continue
+                region = self.zone_region(zone)
+                block = blocked.get(SCOPE_ALL) or blocked.get(region)
+                if block:
+                    where = "every region" if SCOPE_ALL in blocked else region
+                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, f"quota {block.quota} exhausted in {where}",
+                                            block.code))
+                    continue
+                try:
+                    launched = self.try_zone(placement, zone, spot, deadline)
+                except Exception as exc:  # noqa: BLE001 - classify_error decides; what it does not know is raised
+                    refusal = self._refusal(exc, placement, zone, spot, attempts)
+                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED if refusal.skipped else ATTEMPT_FAILED,
+                                            refusal.reason, refusal.code, refusal.cloud_code))
+                    if refusal.fix:
+                        fixes.append(refusal.fix)
+                    if refusal.scope != SCOPE_ZONE:
+                        blocked[SCOPE_ALL if refusal.scope == SCOPE_ALL else region] = refusal
+                    if not refusal.skipped:
+                        self.after_refusal(placement, zone, deadline)
+                    continue
+                attempts.append(Attempt(zone, spot, ATTEMPT_CREATED))
+                return self.wait_for_state(launched, RUNNING, deadline, need_ip=True), attempts
+        raise SdcloudError(placement_summary(spec, offer, attempts, fixes), code=_failure_code(attempts),
+                           attempts=[a.to_dict() for a in attempts])
+
+    def _refusal(self, exc: Exception, placement, zone: str, spot: bool, attempts: list) -> Refusal:
+        """The Refusal for an error of try_zone, or raise the SdcloudError that ends the walk (with the
+        attempts so far in its details)."""
+        if isinstance(exc, ZoneRefused):
+            return exc.refusal
+        outcome = exc if isinstance(exc, SdcloudError) else self.classify_error(exc, placement, zone, spot)
+        if isinstance(outcome, Refusal):
+            return outcome
+        outcome.details.setdefault("attempts", [a.to_dict() for a in attempts])
+        if outcome is exc:
+            raise outcome
+        raise outcome from exc
+
+    def wait_for_state(self, instance: Instance, state: str, deadline: Deadline, *, need_ip: bool = False,
+                       gone_ok: bool = False) -> Instance:
+        """Read the instance (read_instance) every POLL_INTERVAL until it is in `state` (and has a public
+        IP when need_ip); the instance as last read. gone_ok: an instance that no longer exists counts
+        as arrived (deleting), and `instance` is returned."""
+        def probe():
+            current = self.read_instance(instance)
+            if current is None:
+                return gone_ok, instance, "it no longer exists"
+            arrived = current.state == state and bool(current.public_ip or not need_ip)
+            now = f"it is {current.state}" + ("" if current.public_ip or not need_ip else ", no public IP yet")
+            return arrived, current, now
+
+        ident = f" ({instance.id})" if instance.id else ""
+        what = f"instance {instance.name}{ident} in {instance.zone} to be {state}" + (" with a public IP" if need_ip else "")
+        return wait_for(probe, deadline, what, fix=INSTANCE_WAIT_FIX)
+
+    # --- placement hooks: what a provider writes so that plan_create and create_instance work ----------
+    @abc.abstractmethod
+    def placement_zones(self, spec: InstanceSpec) -> list:
+        """The zones to try, in preference order, from spec.zones (AWS: a region expands to its zones).
+        SdcloudError naming the fix when there are none or one is malformed."""
 
     @abc.abstractmethod
-    def create_instance(self, spec: InstanceSpec, wait_timeout: int) -> tuple:
-        """Create the instance walking spec.zones (spot first; then, when spec.spot_fallback ==
-        "on-demand" and no zone had spot capacity, on-demand), wait until it runs with a public IP.
-        Returns (Instance, [Attempt, ...]). When nothing could be created raise SdcloudError whose msg
-        summarises every attempt (quota: which quota, where, how to raise it) with details
-        attempts=[Attempt.to_dict(), ...]."""
+    def zone_region(self, zone: str) -> str:
+        """The region of `zone`: what a regional quota (Refusal.scope SCOPE_REGION) rules out."""
+
+    @abc.abstractmethod
+    def offers_in_zone(self, zone: str, offer) -> str | None:
+        """None when `zone` offers `offer` (a catalog.Offering: machine type, GPU), else a sentence saying
+        why not. Read-only (check mode calls it); cache what it reads, it is asked once per zone and market."""
+
+    @abc.abstractmethod
+    def image_for(self, spec: InstanceSpec, zone: str) -> tuple:
+        """(image id or self-link, image name or None) that would boot in `zone`. Read-only (the plan)."""
+
+    def prepare_placement(self, spec: InstanceSpec, offer):
+        """Once per create_instance, before the first zone: whatever every try_zone needs (GCP: the image
+        resolved from its family). Returned as is to try_zone, classify_error and after_refusal."""
+        return {"spec": spec, "offer": offer}
+
+    @abc.abstractmethod
+    def try_zone(self, placement, zone: str, spot: bool, deadline: Deadline) -> Instance:
+        """Ask the cloud for the instance in `zone` (spot or on-demand) and return it as launched (not yet
+        running: create_instance waits with wait_for_state). A refusal is raised as the cloud raised it,
+        for classify_error; one found without asking (no subnet ...) as ZoneRefused."""
+
+    @abc.abstractmethod
+    def classify_error(self, exc: Exception, placement, zone: str, spot: bool):
+        """What an error of try_zone means: a Refusal (the zone refused: stockout, quota, throttling - the
+        walk goes on) or an SdcloudError naming the fix (anything else - the walk stops)."""
+
+    def after_refusal(self, placement, zone: str, deadline: Deadline) -> None:
+        """Remove what a refused try left in `zone` (GCP: a half-created instance or boot disk). Nothing by
+        default: a provider whose refused create leaves nothing behind (AWS) writes none."""
+        return
+
+    @abc.abstractmethod
+    def read_instance(self, instance: Instance) -> Instance | None:
+        """`instance` read again (one call, for the waits), or None when it no longer exists."""
 
     @abc.abstractmethod
     def start_instance(self, instance: Instance, wait_timeout: int) -> Instance:

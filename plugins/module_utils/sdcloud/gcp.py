@@ -5,20 +5,21 @@ What it does, and the choices behind it:
   instances.aggregatedList, in every zone: a deployment is found wherever it was placed.
   STOPPING and TERMINATED (GCE's word for "stopped") instances are returned with their state,
   never raised on (google.cloud's gcp_compute inventory fails on STOPPING, google.cloud #724).
-- create_instance walks the zone preference list. A zone is skipped without a call that changes
-  anything when its acceleratorTypes list lacks the GPU (N1 + T4) or its machineTypes lacks the
-  machine type (g2/a2/a3 carry their GPUs). A zone that answers ZONE_RESOURCE_POOL_EXHAUSTED[_WITH_DETAILS],
-  UNSUPPORTED_OPERATION or "does not have enough resources" is recorded as an attempt and the next zone
-  is tried (https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-resource-availability).
+- Placement is base.Backend.create_instance; this file writes its hooks. A zone is skipped without a call
+  that changes anything when its acceleratorTypes list lacks the GPU (N1 + T4) or its machineTypes lacks
+  the machine type (g2/a2/a3 carry their GPUs). ZONE_RESOURCE_POOL_EXHAUSTED[_WITH_DETAILS],
+  UNSUPPORTED_OPERATION or "does not have enough resources" are a stockout: next zone
+  (https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-resource-availability).
   QUOTA_EXCEEDED blocks the whole region (quotas are regional; GPUS_ALL_REGIONS blocks everything);
-  the error names the quota metric, the region and how to raise it.
+  the summary names the quota metric, the region and how to raise it.
 - Spot: provisioningModel SPOT, instanceTerminationAction STOP (the disk survives a preemption),
   onHostMaintenance TERMINATE, automaticRestart false. On-demand: onHostMaintenance TERMINATE (GPUs
   cannot live-migrate), automaticRestart true. spot_fallback "on-demand" retries the zones on-demand.
 - Images are resolved at run time from a family (images.getFromFamily), so a run always gets the
   newest image of the family; the chosen image self-link is stored in instance metadata "sdcloud-image".
-- Every wait uses the operations' `wait` method in a loop bounded by a deadline; an operation that
-  ends with `error` raises even when httpErrorStatusCode is missing (see notes/clouds.md).
+- Every wait goes through base.wait_for: operations with their `wait` method (a long poll, at most
+  OP_WAIT_SLICE per call), states by reading the instance. An operation that ends DONE with `error`
+  raises even when httpErrorStatusCode is missing (the client's own `.result()` then reports success).
 - Firewall rules have no labels in the Compute Engine API. Ownership is encoded twice: the rule
   name is `sdcloud-<deployment>-ingress` and the description starts with the marker
   `sdcloud-managed=true sdcloud-deployment=<deployment>`. The sweep trusts only rules that carry the
@@ -36,14 +37,12 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import time
 import uuid
 
 from ansible.module_utils.sdcloud import catalog, errors
 from ansible.module_utils.sdcloud.base import (
-    ATTEMPT_CREATED,
-    ATTEMPT_FAILED,
-    ATTEMPT_SKIPPED,
+    CODE_NO_CAPACITY,
+    CODE_QUOTA,
     DELETE_ORDER,
     KIND_ADDRESS,
     KIND_DISK,
@@ -53,18 +52,22 @@ from ansible.module_utils.sdcloud.base import (
     LABEL_MANAGED,
     PENDING,
     RUNNING,
+    SCOPE_ALL,
+    SCOPE_REGION,
     STOPPED,
     STOPPING,
-    Attempt,
     Backend,
+    Deadline,
     Firewall,
     FirewallSpec,
     Instance,
     InstanceSpec,
+    Refusal,
     Resource,
     SdcloudError,
     managed_labels,
     valid_host_key,
+    wait_for,
 )
 from ansible.module_utils.sdcloud.clients import HAS_GCP, gcp_clients
 
@@ -77,7 +80,6 @@ else:  # pragma: no cover - the modules report the missing SDK before building a
     gexc = compute_v1 = None
 
 PROVIDER = "gcp"
-POLL_INTERVAL = 2.0  # seconds between instance reads while waiting for a state (tests lower it)
 OP_WAIT_SLICE = 60.0  # longest single operations.wait call; the API itself returns after ~2 minutes
 SET_LABELS_TRIES = 3
 
@@ -304,6 +306,34 @@ class _OperationFailed(Exception):
 # --------------------------------------------------------------------------------------------
 
 
+def instance_from_gce(gi) -> Instance:
+    """base.Instance from a compute_v1.Instance: the one place a GCE instance becomes an Instance."""
+    zone = _last(gi.zone)
+    mt = _last(gi.machine_type)
+    accel = _last(gi.guest_accelerators[0].accelerator_type) if gi.guest_accelerators else None
+    offer = catalog.find_offering(PROVIDER, mt, accel)
+    sched = gi.scheduling
+    spot = sched.provisioning_model == "SPOT" or bool(sched.preemptible)
+    nic = gi.network_interfaces[0] if gi.network_interfaces else None
+    public_ip = None
+    if nic is not None:
+        public_ip = next((ac.nat_i_p for ac in nic.access_configs if ac.nat_i_p), None)
+    meta = {item.key: item.value for item in gi.metadata.items}
+    ssh_user = None
+    if meta.get("ssh-keys"):
+        ssh_user = meta["ssh-keys"].splitlines()[0].split(":", 1)[0] or None
+    boot = next((d for d in gi.disks if d.boot), None)
+    return Instance(
+        name=gi.name, provider=PROVIDER, id=str(gi.id), zone=zone, region=zone_region(zone),
+        state=_STATES.get(gi.status, PENDING), gpu=offer.gpu if offer else None, machine_type=mt, spot=spot,
+        public_ip=public_ip, private_ip=(nic.network_i_p or None) if nic is not None else None,
+        labels=dict(gi.labels), created=gi.creation_timestamp or None,
+        hourly_price=offer.hourly(spot) if offer else None, ssh_user=ssh_user,
+        image=meta.get("sdcloud-image"),
+        disk_size_gb=int(boot.disk_size_gb) if boot and boot.disk_size_gb else None,
+    )
+
+
 class GcpBackend(Backend):
     provider = PROVIDER
 
@@ -339,22 +369,24 @@ class GcpBackend(Backend):
         except Exception as exc:
             raise gcp_error(exc, doing, self.project, where) from exc
 
-    def _wait_op(self, op, what: str, deadline: float, timeout: int):
-        """Wait for `op` (a compute.Operation) to be DONE, until `deadline` (time.monotonic()).
-        Raises _OperationFailed when it ended with an error, SdcloudError on timeout."""
+    def _wait_op(self, op, what: str, deadline: Deadline):
+        """Wait for `op` (a compute.Operation) to be DONE, until `deadline`. Raises _OperationFailed when it
+        ended with an error, SdcloudError (code Timeout) when the deadline passed first."""
         done = compute_v1.Operation.Status.DONE
-        while op.status != done:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise SdcloudError(
-                    f"timed out after {timeout}s waiting for {what} (operation {op.name} is "
-                    f"{compute_v1.Operation.Status(op.status).name}); it may still finish: re-run to pick it "
-                    "up, or raise wait_timeout", code="Timeout", operation=op.name)
-            seconds = max(1.0, min(OP_WAIT_SLICE, remaining))
-            op = self._read(lambda op=op, t=seconds: self._wait_call(op, t), f"waiting for {what}")
-        if (op.error and op.error.errors) or op.http_error_status_code >= 400:
-            raise _OperationFailed(op)
-        return op
+        current = op
+
+        def probe():
+            nonlocal current
+            if current.status != done:
+                seconds = max(1.0, min(OP_WAIT_SLICE, deadline.remaining()))
+                current = self._read(lambda op=current, t=seconds: self._wait_call(op, t), f"waiting for {what}")
+            return current.status == done, current, \
+                f"operation {current.name} is {compute_v1.Operation.Status(current.status).name}"
+
+        current = wait_for(probe, deadline, what, operation=op.name)
+        if (current.error and current.error.errors) or current.http_error_status_code >= 400:
+            raise _OperationFailed(current)
+        return current
 
     def _wait_call(self, op, seconds: float):
         """One operations.wait call on the operation's scope (zone, region or global)."""
@@ -366,11 +398,11 @@ class GcpBackend(Backend):
                                                   operation=op.name, timeout=seconds + 10)
         return self.gc.global_operations.wait(project=self.project, operation=op.name, timeout=seconds + 10)
 
-    def _op(self, call, what: str, deadline: float, timeout: int, where: str | None = None):
+    def _op(self, call, what: str, deadline: Deadline, where: str | None = None):
         """Start a mutation and wait for it; operation errors become SdcloudError."""
         op = self._write(call, what, where)
         try:
-            return self._wait_op(op, what, deadline, timeout)
+            return self._wait_op(op, what, deadline)
         except _OperationFailed as failed:
             raise self._op_error(failed, what, where) from failed
 
@@ -392,34 +424,18 @@ class GcpBackend(Backend):
                            "listing instances (instances.aggregatedList)")
         return [inst for _scope, scoped in pages for inst in scoped.instances]
 
-    def _to_instance(self, gi) -> Instance:
-        zone = _last(gi.zone)
-        mt = _last(gi.machine_type)
-        accel = _last(gi.guest_accelerators[0].accelerator_type) if gi.guest_accelerators else None
-        offer = catalog.find_offering(PROVIDER, mt, accel)
-        sched = gi.scheduling
-        spot = sched.provisioning_model == "SPOT" or bool(sched.preemptible)
-        nic = gi.network_interfaces[0] if gi.network_interfaces else None
-        public_ip = None
-        if nic is not None:
-            public_ip = next((ac.nat_i_p for ac in nic.access_configs if ac.nat_i_p), None)
-        meta = {item.key: item.value for item in gi.metadata.items}
-        ssh_user = None
-        if meta.get("ssh-keys"):
-            ssh_user = meta["ssh-keys"].splitlines()[0].split(":", 1)[0] or None
-        boot = next((d for d in gi.disks if d.boot), None)
-        return Instance(
-            name=gi.name, provider=PROVIDER, id=str(gi.id), zone=zone, region=zone_region(zone),
-            state=_STATES.get(gi.status, PENDING), gpu=offer.gpu if offer else None, machine_type=mt, spot=spot,
-            public_ip=public_ip, private_ip=(nic.network_i_p or None) if nic is not None else None,
-            labels=dict(gi.labels), created=gi.creation_timestamp or None,
-            hourly_price=offer.hourly(spot) if offer else None, ssh_user=ssh_user,
-            image=meta.get("sdcloud-image"),
-            disk_size_gb=int(boot.disk_size_gb) if boot and boot.disk_size_gb else None,
-        )
+    def _get(self, zone: str, name: str, missing_ok: bool = False):
+        """The compute_v1.Instance; None when it does not exist and missing_ok (else SdcloudError)."""
+        try:
+            return errors.retry(lambda: self.gc.instances.get(project=self.project, zone=zone, instance=name),
+                                is_retryable=_retryable_read)
+        except Exception as exc:
+            if missing_ok and isinstance(exc, gexc.NotFound):
+                return None
+            raise gcp_error(exc, f"reading instance {name}", self.project, zone) from exc
 
     def find_instance(self, name: str) -> Instance | None:
-        found = [self._to_instance(gi) for gi in self._aggregated_instances(name)]
+        found = [instance_from_gce(d) for d in self._aggregated_instances(name)]
         if len(found) > 1:
             where = ", ".join(f"{i.name} in {i.zone}" for i in found)
             raise SdcloudError(f"more than one instance is labelled {LABEL_DEPLOYMENT}={name}: {where} -- delete "
@@ -428,14 +444,14 @@ class GcpBackend(Backend):
         return found[0] if found else None
 
     def list_instances(self, deployment: str | None = None) -> list:
-        found = [self._to_instance(gi) for gi in self._aggregated_instances(deployment)]
+        found = [instance_from_gce(d) for d in self._aggregated_instances(deployment)]
         if self.zones:
             found = [i for i in found if i.zone in self.zones or i.region in self.zones]
         return sorted(found, key=lambda i: (i.name, i.zone))
 
-    def _get(self, zone: str, name: str):
-        return self._read(lambda: self.gc.instances.get(project=self.project, zone=zone, instance=name),
-                          f"reading instance {name}", zone)
+    def read_instance(self, instance: Instance) -> Instance | None:
+        gi = self._get(instance.zone, instance.name, missing_ok=True)
+        return instance_from_gce(gi) if gi is not None else None
 
     def host_keys(self, instance: Instance, timeout: int) -> list:
         """The SSH host keys the guest published in guest attributes, "type base64" sorted; waits up to
@@ -443,38 +459,37 @@ class GcpBackend(Backend):
         the guest agent, or guest attributes disabled by an organisation policy."""
         request = compute_v1.GetGuestAttributesInstanceRequest(project=self.project, zone=instance.zone,
                                                                instance=instance.name, query_path="hostkeys/")
-        deadline = time.monotonic() + max(0, timeout)
-        while True:
+
+        def probe():
             try:
                 ga = errors.retry(lambda: self.gc.instances.get_guest_attributes(request=request),
                                   is_retryable=_retryable_read)
-                keys = sorted({f"{e.key} {e.value.strip()}" for e in ga.query_value.items
-                               if e.namespace == "hostkeys" and valid_host_key(e.key, e.value.strip())})
-                if keys:
-                    return keys
             except gexc.NotFound:
-                pass  # nothing published (yet)
+                return False, [], "nothing published yet"
             except Exception as exc:
                 raise gcp_error(exc, f"reading the host keys of {instance.name}", self.project, instance.zone) from exc
-            if time.monotonic() >= deadline:
-                return []
-            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+            keys = sorted({f"{e.key} {e.value.strip()}" for e in ga.query_value.items
+                           if e.namespace == "hostkeys" and valid_host_key(e.key, e.value.strip())})
+            return bool(keys), keys, "no host keys published yet"
 
-    def _wait_state(self, zone: str, name: str, statuses: tuple, *, want_ip: bool, what: str, deadline: float,
-                    timeout: int):
-        while True:
-            gi = self._get(zone, name)
-            has_ip = any(ac.nat_i_p for nic in gi.network_interfaces for ac in nic.access_configs)
-            if gi.status in statuses and (has_ip or not want_ip):
-                return gi
-            if time.monotonic() >= deadline:
-                raise SdcloudError(f"timed out after {timeout}s waiting for {what} (instance {name} in {zone} is "
-                                   f"{gi.status}{'' if has_ip or not want_ip else ', no public IP yet'}); re-run "
-                                   "to pick it up, or raise wait_timeout", code="Timeout")
-            time.sleep(min(POLL_INTERVAL, max(0.0, deadline - time.monotonic())))
+        return wait_for(probe, Deadline(timeout), f"the host keys of {instance.name}", quiet=True) or []
 
-    # ---- zone offerings and images ----------------------------------------------------------
-    def _zone_offers(self, zone: str, offer: catalog.Offering) -> str | None:
+    # ---- placement hooks (the zone walk is base.Backend.create_instance) -----------------------
+    def placement_zones(self, spec: InstanceSpec) -> list:
+        zones = list(spec.zones or self.zones)
+        if not zones:
+            raise SdcloudError("no zones given: set `zones` to a preference list such as "
+                               "[us-central1-a, us-central1-b, us-east1-c]", code="NoZones")
+        bad = [z for z in zones if z.count("-") < 2]
+        if bad:
+            raise SdcloudError(f"GCP needs zones, not regions: {', '.join(bad)} -- use e.g. {bad[0]}-a, {bad[0]}-b",
+                               code="BadZone")
+        return zones
+
+    def zone_region(self, zone: str) -> str:
+        return zone_region(zone)
+
+    def offers_in_zone(self, zone: str, offer: catalog.Offering) -> str | None:
         """None when `zone` offers the machine type (and the GPU to attach), else why not."""
         key = (zone, offer.machine_type, offer.accelerator_type)
         if key in self._offer_cache:
@@ -500,6 +515,10 @@ class GcpBackend(Backend):
                 why = f"zone {zone} does not offer GPU {offer.accelerator_type}"
         self._offer_cache[key] = why
         return why
+
+    def image_for(self, spec: InstanceSpec, zone: str) -> tuple:
+        link = self.resolve_image(spec)  # images are global: the same in every zone
+        return link, _last(link)
 
     def resolve_image(self, spec: InstanceSpec) -> str:
         """The source image self-link for spec (explicit image, or the newest image of a family)."""
@@ -538,28 +557,8 @@ class GcpBackend(Backend):
             raise gcp_error(exc, f"resolving image family {proj}/{family}", self.project) from exc
         return img.self_link
 
-    # ---- create -------------------------------------------------------------------------------
-    def plan_create(self, spec: InstanceSpec) -> dict:
-        offer = catalog.offering(PROVIDER, spec.gpu)
-        zones = self._zones_for(spec)
-        offered = [z for z in zones if self._zone_offers(z, offer) is None]
-        return {
-            "machine_type": offer.machine_type, "gpu": spec.gpu, "zones": offered, "spot": spec.spot,
-            "image": self.resolve_image(spec), "hourly_price": offer.hourly(spec.spot),
-            "disk_size_gb": spec.disk_size_gb, "spot_fallback": spec.spot_fallback,
-            "skipped_zones": {z: self._zone_offers(z, offer) for z in zones if z not in offered},
-        }
-
-    def _zones_for(self, spec: InstanceSpec) -> list:
-        zones = list(spec.zones or self.zones)
-        if not zones:
-            raise SdcloudError("no zones given: set `zones` to a preference list such as "
-                               "[us-central1-a, us-central1-b, us-east1-c]", code="NoZones")
-        bad = [z for z in zones if z.count("-") < 2]
-        if bad:
-            raise SdcloudError(f"GCP needs zones, not regions: {', '.join(bad)} -- use e.g. {bad[0]}-a, {bad[0]}-b",
-                               code="BadZone")
-        return zones
+    def prepare_placement(self, spec: InstanceSpec, offer: catalog.Offering) -> dict:
+        return {"spec": spec, "offer": offer, "image": self.resolve_image(spec)}
 
     def instance_body(self, spec: InstanceSpec, zone: str, spot: bool, image: str):
         """The compute_v1.Instance to insert for spec in zone."""
@@ -599,95 +598,51 @@ class GcpBackend(Backend):
                 accelerator_count=offer.gpu_count)]
         return body
 
-    def create_instance(self, spec: InstanceSpec, wait_timeout: int) -> tuple:
-        offer = catalog.offering(PROVIDER, spec.gpu)
-        zones = self._zones_for(spec)
-        deadline = time.monotonic() + wait_timeout
-        image = self.resolve_image(spec)
-        attempts: list = []
-        quota_msgs: list = []
-        modes = [spec.spot]
-        if spec.spot and spec.spot_fallback == "on-demand":
-            modes.append(False)
-        for spot in modes:
-            blocked: dict = {}  # region (or "*" for all) -> reason, for this provisioning model
-            for zone in zones:
-                region = zone_region(zone)
-                why = self._zone_offers(zone, offer)
-                if why:
-                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, why))
-                    continue
-                block = blocked.get("*") or blocked.get(region)
-                if block:
-                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, block, "QUOTA_EXCEEDED"))
-                    continue
-                refused = self._try_zone(spec, zone, spot, image=image, deadline=deadline, timeout=wait_timeout)
-                if refused is None:
-                    attempts.append(Attempt(zone, spot, ATTEMPT_CREATED))
-                    what = f"instance {spec.name} to run in {zone} with a public IP"
-                    gi = self._wait_state(zone, spec.name, ("RUNNING",), want_ip=True, what=what, deadline=deadline,
-                                          timeout=wait_timeout)
-                    return self._to_instance(gi), attempts
-                code, reason, quota = refused
-                attempts.append(Attempt(zone, spot, ATTEMPT_FAILED, reason, code))
-                if quota is not None:
-                    scope = "*" if not quota.get("region") else quota["region"]
-                    where = "in every region" if scope == "*" else f"in {scope}"
-                    blocked[scope if scope == "*" else region] = f"quota {quota.get('metric', '?')} exhausted {where}"
-                    quota_msgs.append(quota_help(self.project, quota.get("metric", "?"), quota.get("region"),
-                                                 quota.get("quota_id"), offer.gpu_count))
-        raise SdcloudError(self._summary(spec, offer, attempts, quota_msgs), code="NoCapacity",
-                           attempts=[a.to_dict() for a in attempts])
-
-    def _try_zone(self, spec: InstanceSpec, zone: str, spot: bool, *, image: str, deadline: float, timeout: int):
-        """Insert in one zone and wait for the operation. None on success; (code, reason, quota|None)
-        when the zone refused for capacity or quota; SdcloudError for anything else."""
-        body = self.instance_body(spec, zone, spot, image)
-        model = "spot" if spot else "on-demand"
-        what = f"creating {model} instance {spec.name} ({body.machine_type.rsplit('/', 1)[-1]})"
-        request_id = str(uuid.uuid4())  # makes a retried insert idempotent on the API side
-        try:
-            request = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
-                                                       request_id=request_id)
-            op = errors.retry(lambda: self.gc.instances.insert_unary(request=request), is_retryable=_retryable_write)
-            self._wait_op(op, what, deadline, timeout)
-            return None
-        except _OperationFailed as failed:
-            refused = self._classify(failed.codes, failed.text, failed.errors)
-            if refused is None:
-                raise self._op_error(failed, what, zone) from failed
-        except gexc.GoogleAPICallError as exc:
-            refused = self._classify(_reasons(exc), _message(exc), exc)
-            if refused is None:
-                raise gcp_error(exc, what, self.project, zone) from exc
-        except SdcloudError:
-            raise
-        except Exception as exc:
-            raise gcp_error(exc, what, self.project, zone) from exc
-        self._cleanup_failed(spec.name, zone, deadline, timeout)
-        return refused
-
     @staticmethod
-    def _classify(codes: set, text: str, source):
+    def _creating(placement: dict, spot: bool) -> str:
+        return (f"creating {'spot' if spot else 'on-demand'} instance {placement['spec'].name} "
+                f"({placement['offer'].machine_type})")
+
+    def try_zone(self, placement: dict, zone: str, spot: bool, deadline: Deadline) -> Instance:
+        """Insert in one zone and wait for the operation; a refusal is raised as _OperationFailed or the
+        api_core error it came as."""
+        spec = placement["spec"]
+        body = self.instance_body(spec, zone, spot, placement["image"])
+        request = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
+                                                   request_id=str(uuid.uuid4()))  # a retried insert stays one
+        op = errors.retry(lambda: self.gc.instances.insert_unary(request=request), is_retryable=_retryable_write)
+        self._wait_op(op, self._creating(placement, spot), deadline)
+        return Instance(name=spec.name, provider=PROVIDER, id="", zone=zone, region=zone_region(zone), state=PENDING,
+                        spot=spot)
+
+    def classify_error(self, exc: Exception, placement: dict, zone: str, spot: bool):
+        what = self._creating(placement, spot)
+        if isinstance(exc, _OperationFailed):
+            codes, text, source = exc.codes, exc.text, exc.errors
+        elif isinstance(exc, gexc.GoogleAPICallError):
+            codes, text, source = _reasons(exc), _message(exc), exc
+        else:
+            return gcp_error(exc, what, self.project, zone)
         if codes & QUOTA_CODES:
             q = quota_info(source)
-            return "QUOTA_EXCEEDED", text, q
+            metric = q.get("metric", "?")
+            return Refusal(CODE_QUOTA, text, "QUOTA_EXCEEDED", scope=SCOPE_REGION if q.get("region") else SCOPE_ALL,
+                           quota=metric, fix=quota_help(self.project, metric, q.get("region"), q.get("quota_id"),
+                                                        placement["offer"].gpu_count))
         if codes & CAPACITY_CODES or CAPACITY_TEXT in (text or ""):
-            code = next(iter(sorted(codes & CAPACITY_CODES)), "ZONE_RESOURCE_POOL_EXHAUSTED")
-            return code, text, None
-        return None
+            return Refusal(CODE_NO_CAPACITY, text, next(iter(sorted(codes & CAPACITY_CODES)),
+                                                        "ZONE_RESOURCE_POOL_EXHAUSTED"))
+        if isinstance(exc, _OperationFailed):
+            return self._op_error(exc, what, zone)
+        return gcp_error(exc, what, self.project, zone)
 
-    def _cleanup_failed(self, name: str, zone: str, deadline: float, timeout: int):
+    def after_refusal(self, placement: dict, zone: str, deadline: Deadline) -> None:
         """After a refused insert nothing should remain; remove a half-created instance or boot disk."""
-        try:
-            gi = self.gc.instances.get(project=self.project, zone=zone, instance=name)
-        except gexc.NotFound:
-            gi = None
-        except Exception as exc:
-            raise gcp_error(exc, f"checking for a half-created instance {name}", self.project, zone) from exc
+        name = placement["spec"].name
+        gi = self._get(zone, name, missing_ok=True)
         if gi is not None and gi.labels.get(LABEL_MANAGED) == "true":
             self._op(lambda: self.gc.instances.delete_unary(project=self.project, zone=zone, instance=name),
-                     f"deleting half-created instance {name}", deadline, timeout, zone)
+                     f"deleting half-created instance {name}", deadline, zone)
         try:
             disk = self.gc.disks.get(project=self.project, zone=zone, disk=name)
         except gexc.NotFound:
@@ -696,117 +651,94 @@ class GcpBackend(Backend):
             raise gcp_error(exc, f"checking for a left-over disk {name}", self.project, zone) from exc
         if disk.labels.get(LABEL_MANAGED) == "true" and not disk.users:
             self._op(lambda: self.gc.disks.delete_unary(project=self.project, zone=zone, disk=name),
-                     f"deleting left-over boot disk {name}", deadline, timeout, zone)
-
-    def _summary(self, spec, offer, attempts: list, quota_msgs: list) -> str:
-        tried = "; ".join(
-            f"{a.zone} ({'spot' if a.spot else 'on-demand'}): {a.result}" + (f" - {a.reason}" if a.reason else "")
-            for a in attempts)
-        msg = f"could not create {spec.gpu} instance {spec.name} ({offer.machine_type}) in any zone. Tried: {tried}."
-        if quota_msgs:
-            msg += " Quota: " + " | ".join(dict.fromkeys(quota_msgs)) + "."
-        if any(a.result == ATTEMPT_FAILED and a.code != "QUOTA_EXCEEDED" for a in attempts):
-            msg += " No capacity: add more zones to `zones`"
-            msg += ", or set spot_fallback: on-demand." if spec.spot and spec.spot_fallback != "on-demand" else "."
-        if all(a.result == ATTEMPT_SKIPPED and not a.code for a in attempts):
-            msg += f" None of the zones offers {offer.accelerator_type or offer.machine_type}: choose other zones."
-        return msg
+                     f"deleting left-over boot disk {name}", deadline, zone)
 
     # ---- start / stop / delete ----------------------------------------------------------------
     def start_instance(self, instance: Instance, wait_timeout: int) -> Instance:
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         zone, name = instance.zone, instance.name
-        gi = self._get(zone, name)
-        if gi.status == "STOPPING":
-            gi = self._wait_state(zone, name, ("TERMINATED", "STOPPED"), want_ip=False,
-                                  what=f"instance {name} to finish stopping before starting it", deadline=deadline,
-                                  timeout=wait_timeout)
-        if gi.status not in ("RUNNING", "PROVISIONING", "STAGING", "REPAIRING"):  # those become RUNNING by themselves
+        current = instance_from_gce(self._get(zone, name))
+        if current.state == STOPPING:
+            current = self.wait_for_state(current, STOPPED, deadline)
+        if current.state not in (RUNNING, PENDING):  # a pending one becomes RUNNING by itself
             what = f"starting instance {name}"
             op = self._write(lambda: self.gc.instances.start_unary(project=self.project, zone=zone, instance=name),
                              what, zone)
             try:
-                self._wait_op(op, what, deadline, wait_timeout)
+                self._wait_op(op, what, deadline)
             except _OperationFailed as failed:
-                if self._classify(failed.codes, failed.text, failed.errors):
+                if failed.codes & CAPACITY_CODES or CAPACITY_TEXT in (failed.text or ""):
                     raise SdcloudError(
                         f"zone {zone} has no capacity to start {name} right now ({failed.text}): re-run later, or "
                         "delete it (state: absent; the boot disk goes with it) and create it again in other zones",
                         code=next(iter(sorted(failed.codes)), "NoCapacity")) from failed
                 raise self._op_error(failed, what, zone) from failed
-        gi = self._wait_state(zone, name, ("RUNNING",), want_ip=True, what=f"instance {name} to run with a public IP",
-                              deadline=deadline, timeout=wait_timeout)
-        return self._to_instance(gi)
+        return self.wait_for_state(current, RUNNING, deadline, need_ip=True)
 
     def stop_instance(self, instance: Instance, wait_timeout: int) -> Instance:
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         zone, name = instance.zone, instance.name
-        gi = self._get(zone, name)
-        if gi.status not in ("TERMINATED", "STOPPED", "STOPPING"):
+        current = instance_from_gce(self._get(zone, name))
+        if current.state not in (STOPPED, STOPPING):
             self._op(lambda: self.gc.instances.stop_unary(project=self.project, zone=zone, instance=name),
-                     f"stopping instance {name}", deadline, wait_timeout, zone)
-        gi = self._wait_state(zone, name, ("TERMINATED", "STOPPED"), want_ip=False, what=f"instance {name} to stop",
-                              deadline=deadline, timeout=wait_timeout)
-        return self._to_instance(gi)
+                     f"stopping instance {name}", deadline, zone)
+        return self.wait_for_state(current, STOPPED, deadline)
 
     def delete_instance(self, instance: Instance, wait_timeout: int) -> None:
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         zone, name = instance.zone, instance.name
-        try:
-            gi = self.gc.instances.get(project=self.project, zone=zone, instance=name)
-        except gexc.NotFound:
+        gi = self._get(zone, name, missing_ok=True)
+        if gi is None:
             return
-        except Exception as exc:
-            raise gcp_error(exc, f"reading instance {name}", self.project, zone) from exc
         disks = [_last(d.source) for d in gi.disks]
-        self._delete_instance_op(zone, name, deadline, wait_timeout)
+        self._delete_instance_op(zone, name, deadline)
         for disk in disks:  # autoDelete disks are gone already; a kept one is deleted here
-            self._delete_disk_if_present(zone, disk, deadline, wait_timeout)
+            self._delete_disk_if_present(zone, disk, deadline)
 
-    def _delete_instance_op(self, zone: str, name: str, deadline: float, timeout: int):
+    def _delete_instance_op(self, zone: str, name: str, deadline: Deadline):
         try:
             self._op(lambda: self.gc.instances.delete_unary(project=self.project, zone=zone, instance=name),
-                     f"deleting instance {name}", deadline, timeout, zone)
+                     f"deleting instance {name}", deadline, zone)
         except SdcloudError as err:
             if err.details.get("status") != 404:
                 raise
 
-    def _delete_disk_if_present(self, zone: str, disk: str, deadline: float, timeout: int):
+    def _delete_disk_if_present(self, zone: str, disk: str, deadline: Deadline):
         try:
             self._op(lambda: self.gc.disks.delete_unary(project=self.project, zone=zone, disk=disk),
-                     f"deleting disk {disk}", deadline, timeout, zone)
+                     f"deleting disk {disk}", deadline, zone)
         except SdcloudError as err:
             if err.details.get("status") != 404:
                 raise
 
     def delete_instance_extras(self, name: str, wait_timeout: int) -> list:
         """Boot disks of the deployment left unattached by a half-failed create."""
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         leftovers = [r for r in self._list_disks(name) if r.state == "unattached"]
         for res in leftovers:
-            self._delete_disk_if_present(res.location, res.id, deadline, wait_timeout)
+            self._delete_disk_if_present(res.location, res.id, deadline)
         return leftovers
 
     def set_labels(self, instance: Instance, labels: dict, wait_timeout: int) -> Instance:
         """Make the instance's labels equal to managed_labels(deployment, labels) (fingerprinted update)."""
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         deployment = instance.labels.get(LABEL_DEPLOYMENT) or instance.name
         wanted = managed_labels(deployment, labels)
         for attempt in range(SET_LABELS_TRIES):
             gi = self._get(instance.zone, instance.name)
             if dict(gi.labels) == wanted:
-                return self._to_instance(gi)
+                return instance_from_gce(gi)
             req = compute_v1.InstancesSetLabelsRequest(labels=wanted, label_fingerprint=gi.label_fingerprint)
             try:
                 self._op(lambda req=req: self.gc.instances.set_labels_unary(
                     project=self.project, zone=instance.zone, instance=instance.name,
                     instances_set_labels_request_resource=req),
-                    f"setting labels on {instance.name}", deadline, wait_timeout, instance.zone)
+                    f"setting labels on {instance.name}", deadline, instance.zone)
             except SdcloudError as err:
                 if err.details.get("status") == 412 and attempt < SET_LABELS_TRIES - 1:
                     continue  # someone changed the labels meanwhile: re-read the fingerprint
                 raise
-            return self._to_instance(self._get(instance.zone, instance.name))
+            return instance_from_gce(self._get(instance.zone, instance.name))
         raise AssertionError("unreachable")  # pragma: no cover
 
     # ---- firewall -------------------------------------------------------------------------------
@@ -853,27 +785,27 @@ class GcpBackend(Backend):
             source_ranges=_sorted_cidrs(spec.source_ranges), target_tags=[network_tag(spec.name)])
 
     def create_firewall(self, spec: FirewallSpec, wait_timeout: int = 300) -> Firewall:
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         body = self._firewall_body(spec)
         self._op(lambda: self.gc.firewalls.insert_unary(project=self.project, firewall_resource=body),
-                 f"creating firewall rule {body.name}", deadline, wait_timeout)
+                 f"creating firewall rule {body.name}", deadline)
         return self.get_firewall(spec.name)
 
     def update_firewall(self, current: Firewall, spec: FirewallSpec, wait_timeout: int = 300) -> Firewall:
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         body = self._firewall_body(spec)
         patch = compute_v1.Firewall(description=body.description, allowed=body.allowed,
                                     source_ranges=body.source_ranges, target_tags=body.target_tags)
         self._op(lambda: self.gc.firewalls.patch_unary(project=self.project, firewall=current.name,
                                                        firewall_resource=patch),
-                 f"updating firewall rule {current.name}", deadline, wait_timeout)
+                 f"updating firewall rule {current.name}", deadline)
         return self.get_firewall(spec.name)
 
     def delete_firewall(self, current: Firewall, wait_timeout: int = 300) -> None:
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         try:
             self._op(lambda: self.gc.firewalls.delete_unary(project=self.project, firewall=current.name),
-                     f"deleting firewall rule {current.name}", deadline, wait_timeout)
+                     f"deleting firewall rule {current.name}", deadline)
         except SdcloudError as err:
             if err.details.get("status") != 404:
                 raise
@@ -889,7 +821,7 @@ class GcpBackend(Backend):
 
     def list_resources(self, deployment: str | None = None) -> list:
         # Every zone, whatever `zones` says: teardown must find what an earlier run placed elsewhere.
-        instances = [self._to_instance(gi) for gi in self._aggregated_instances(deployment)]
+        instances = [instance_from_gce(d) for d in self._aggregated_instances(deployment)]
         out = [Resource(kind=KIND_INSTANCE, provider=PROVIDER, id=i.name, name=i.name, location=i.zone,
                         labels=i.labels, state=i.state) for i in instances]
         out += self._list_disks(deployment)
@@ -910,7 +842,7 @@ class GcpBackend(Backend):
         return out
 
     def delete_resources(self, resources: list, wait_timeout: int) -> None:
-        deadline = time.monotonic() + wait_timeout
+        deadline = Deadline(wait_timeout)
         for kind in DELETE_ORDER:
             pending = []
             for res in (r for r in resources if r.kind == kind):
@@ -924,7 +856,7 @@ class GcpBackend(Backend):
                         raise
             for op, what, res in pending:  # all deletes of a kind run in parallel; wait for each
                 try:
-                    self._wait_op(op, what, deadline, wait_timeout)
+                    self._wait_op(op, what, deadline)
                 except _OperationFailed as failed:
                     raise self._op_error(failed, what, res.location) from failed
 
@@ -953,4 +885,5 @@ def list_instances(project: str, endpoint: str | None = None, zones=None, deploy
     return backend.list_instances(deployment)
 
 
-__all__ = ["GcpBackend", "firewall_name", "gcp_error", "list_instances", "network_tag", "quota_help"]
+__all__ = ["GcpBackend", "firewall_name", "gcp_error", "instance_from_gce", "list_instances", "network_tag",
+           "quota_help"]
