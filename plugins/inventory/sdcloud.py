@@ -133,7 +133,14 @@ _MU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 if _MU not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(_MU)
 
-from ansible.module_utils.sdcloud.base import LABEL_DEPLOYMENT, Instance, SdcloudError, host_key_alias  # noqa: E402
+from ansible.module_utils.sdcloud.base import (  # noqa: E402
+    LABEL_DEPLOYMENT,
+    Instance,
+    SdcloudError,
+    backend_from_params,
+    host_key_alias,
+    local_instance,
+)
 
 display = Display()
 NO_HOSTKEY_CHECK = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
@@ -181,10 +188,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         out = []
         for m in net.machines():
             info = m.info()
-            inst = Instance(name=m.name, provider="local", id=info.get("uuid", ""), zone="local", region="local",
-                            state=info["state"], machine_type="systemd-nspawn", public_ip=info.get("address"),
-                            private_ip=info.get("address"), labels=info.get("labels", {}), created=info.get("created"),
-                            hourly_price=0.0, ssh_user=info.get("ssh_user", "root"), image="debian-12")
+            inst = local_instance(m.name, info)
             hv = {"ansible_ssh_common_args": NO_HOSTKEY_CHECK,
                   "sdcloud_operator_cidrs": [f"{net.gateway}/32"],
                   "sdcloud_local_proxy": info.get("proxy")}
@@ -211,27 +215,24 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
             out.append((inst, hv))
         return out
 
+    # Clouds list through the backend the modules use (Backend.list_instances), built from the same
+    # parameters the modules take; GCP lists every zone of the project, AWS the regions given.
     def _gcp(self):
-        from ansible.module_utils.sdcloud import gcp
-
         project = self.get_option("gcp_project")
         if not project:
             raise SdcloudError("provider gcp is listed but no project is set: set gcp_project in inventory/sdcloud.yml "
                                "or GOOGLE_CLOUD_PROJECT")
-        return [(i, self._cloud_hostvars(i)) for i in gcp.list_instances(project, endpoint=self.get_option("gcp_endpoint"))]
+        return self._cloud({"provider": "gcp", "project": project, "endpoint": self.get_option("gcp_endpoint")})
 
     def _aws(self):
-        from ansible.module_utils.sdcloud import aws, clients
-
         regions = self._aws_regions()
         if not regions:
             raise SdcloudError("provider aws is listed but no region is set: set aws_regions in inventory/sdcloud.yml "
                                "or SDCLOUD_AWS_REGIONS")
-        out = []
-        for region in regions:
-            client = clients.aws_client("ec2", region, endpoint_url=self.get_option("aws_endpoint"))
-            out.extend((i, self._cloud_hostvars(i)) for i in aws.list_instances(client))
-        return out
+        return self._cloud({"provider": "aws", "zones": regions, "endpoint": self.get_option("aws_endpoint")})
+
+    def _cloud(self, params):
+        return [(i, self._cloud_hostvars(i)) for i in backend_from_params(params).list_instances()]
 
     def _cloud_hostvars(self, inst):
         return self._host_key_vars(inst)

@@ -102,7 +102,7 @@ from ansible.module_utils.basic import AnsibleModule
 
 try:
     from ansible.module_utils.sdcloud import nspawn
-    from ansible.module_utils.sdcloud.base import Instance
+    from ansible.module_utils.sdcloud.base import local_instance
 except ImportError:  # pragma: no cover - only when module_utils is not on the path
     nspawn = None
     IMPORT_ERROR = traceback.format_exc()
@@ -112,24 +112,7 @@ else:
 
 def neutral(machine):
     info = machine.info() if machine.exists() else {"state": "absent"}
-    return Instance(
-        name=machine.name,
-        provider="local",
-        id=info.get("uuid", ""),
-        zone="local",
-        region="local",
-        state=info["state"],
-        gpu=None,
-        machine_type="systemd-nspawn",
-        spot=False,
-        public_ip=info.get("address"),
-        private_ip=info.get("address"),
-        labels=info.get("labels", {}),
-        created=info.get("created"),
-        hourly_price=0.0,
-        ssh_user=info.get("ssh_user"),
-        image="debian-12",
-    ).to_dict()
+    return local_instance(machine.name, info).to_dict()
 
 
 def main():

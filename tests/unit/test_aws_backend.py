@@ -3,7 +3,6 @@
 import pathlib
 import sys
 
-import boto3
 import botocore.exceptions
 import pytest
 
@@ -64,13 +63,13 @@ def test_list_instances_for_inventory(moto):
         assert not failed, res["msg"]
     moto_faults.run_module(gpu_instance.main, {"provider": "aws", "name": "b", "zones": ["us-west-2"],
                                                "state": "stopped", "wait_timeout": 30})
-    session = boto3.session.Session(region_name="us-east-1")
-    found = aws.list_instances(session, regions=["us-east-1", "us-west-2"])
+    # as the inventory builds it: the regions to list as `zones`
+    found = aws.AwsBackend(["us-east-1", "us-west-2"]).list_instances()
     assert sorted((i.name, i.state, i.region, i.gpu, i.ssh_user) for i in found) == [
         ("a", "running", "us-east-1", "nvidia-l4", "ubuntu"), ("b", "stopped", "us-west-2", "nvidia-l4", "ubuntu")]
-    client = boto3.client("ec2", region_name="us-west-2", endpoint_url=moto.url)
-    assert [i.name for i in aws.list_instances(client, deployment="b")] == ["b"]
-    assert aws.list_instances(client, deployment="a") == []
+    west = aws.AwsBackend(["us-west-2"])
+    assert [i.name for i in west.list_instances(deployment="b")] == ["b"]
+    assert west.list_instances(deployment="a") == []
 
 
 def test_retry_backs_off_only_on_throttling():

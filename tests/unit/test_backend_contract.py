@@ -1,6 +1,6 @@
 """The provider-neutral contract in base.py without a cloud: a provider made of nothing but the placement
 hooks (as RunPod or vast.ai will be) gets the whole zone walk, the attempt vocabulary, the summary and
-the bounded waits."""
+the bounded waits; and machine.json becomes an Instance in one function."""
 
 import time
 
@@ -16,6 +16,7 @@ from ansible.module_utils.sdcloud.base import (
     Refusal,
     SdcloudError,
     ZoneRefused,
+    local_instance,
     wait_for,
 )
 
@@ -188,3 +189,15 @@ def test_wait_for_polls_at_one_interval_until_the_deadline(monkeypatch):
                              "pick it up, or raise wait_timeout")
     assert err.value.details == {"code": "Timeout", "op": "x"}
 
+
+def test_machine_json_becomes_an_instance_in_one_place():
+    info = {"name": "sd", "address": "10.87.0.10", "uuid": "ab12", "labels": {"sdcloud-deployment": "sd"},
+            "created": "2026-01-01T00:00:00Z", "ssh_user": "root", "state": "running", "proxy": "http://10.87.0.1:8888"}
+    inst = local_instance("sd", info)
+    assert inst.to_dict() == {
+        "name": "sd", "provider": "local", "id": "ab12", "zone": "local", "region": "local", "state": "running",
+        "gpu": None, "machine_type": "systemd-nspawn", "spot": False, "public_ip": "10.87.0.10",
+        "private_ip": "10.87.0.10", "labels": {"sdcloud-deployment": "sd"}, "created": "2026-01-01T00:00:00Z",
+        "hourly_price": 0.0, "ssh_user": "root", "image": "debian-12", "disk_size_gb": None}
+    absent = local_instance("gone", {"state": "absent"})
+    assert (absent.state, absent.id, absent.public_ip) == ("absent", "", None)

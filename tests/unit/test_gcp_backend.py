@@ -261,10 +261,11 @@ def test_terminated_and_stopping_listed_with_state(gce, backend):
     gce.preempt(P, "us-central1-a", "demo")  # a spot preemption: TERMINATED, disk kept
     gce.op_polls = 99  # the stop below stays in progress
     backend.gc.instances.stop_unary(project=P, zone="us-central1-b", instance="two")
-    states = {i.name: i.state for i in gcp.list_instances(P, endpoint=gce.url)}
+    everywhere = gcp.GcpBackend(P, endpoint=gce.url)  # as the inventory builds it: no zones, every zone
+    states = {i.name: i.state for i in everywhere.list_instances()}
     assert states == {"demo": "stopped", "two": "stopping"}
-    assert [i.name for i in gcp.list_instances(P, endpoint=gce.url, zones=["us-central1-b"])] == ["two"]
-    assert [i.name for i in gcp.list_instances(P, endpoint=gce.url, deployment="demo")] == ["demo"]
+    assert [i.name for i in gcp.GcpBackend(P, zones=["us-central1-b"], endpoint=gce.url).list_instances()] == ["two"]
+    assert [i.name for i in everywhere.list_instances(deployment="demo")] == ["demo"]
 
 
 def test_set_labels_uses_fingerprint(gce, backend):

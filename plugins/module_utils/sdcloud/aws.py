@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import datetime
 import itertools
-import os
 import re
 
 from ansible.module_utils.sdcloud import catalog
@@ -61,7 +60,7 @@ from ansible.module_utils.sdcloud.base import (
     valid_host_key,
     wait_for,
 )
-from ansible.module_utils.sdcloud.clients import ENV_AWS_ENDPOINT, aws_client, aws_config, aws_session
+from ansible.module_utils.sdcloud.clients import aws_client, aws_session
 from ansible.module_utils.sdcloud.errors import (
     AWS_CAPACITY,
     AWS_QUOTA,
@@ -161,25 +160,11 @@ def instance_from_aws(d: dict, region: str, disk_size_gb: int | None = None) -> 
     )
 
 
-def list_instances(session_or_client, deployment: str | None = None, regions=None) -> list:
-    """Tagged sdcloud instances (any state but terminated), for the inventory plugin.
-
-    session_or_client: a boto3 Session (then `regions` is required; each region gets a client built
-    through clients.aws_client semantics: endpoint from AWS_ENDPOINT_URL) or an EC2 client (its region)."""
-    if hasattr(session_or_client, "describe_instances"):
-        clients = [(session_or_client.meta.region_name, session_or_client)]
-    else:
-        if not regions:
-            raise SdcloudError("list_instances: give the regions to search (the inventory's `regions`)")
-        endpoint = os.environ.get(ENV_AWS_ENDPOINT) or None
-        clients = []
-        for region in regions:
-            client = session_or_client.client("ec2", region_name=region, endpoint_url=endpoint, config=aws_config())
-            clients.append((region, client))
-    found = []
-    for region, ec2 in clients:
-        found.extend(_describe_instances(ec2, region, deployment))
-    return found
+def list_instances(ec2, deployment: str | None = None) -> list:
+    """Tagged sdcloud instances in the region of the EC2 client `ec2`. Only tests/e2e/test_cloud_e2e.py still
+    calls this: everything else (the inventory included) lists through AwsBackend.list_instances; remove it
+    once that test does too."""
+    return _describe_instances(ec2, ec2.meta.region_name, deployment)
 
 
 _KEYS_BLOCK = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)

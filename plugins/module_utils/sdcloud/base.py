@@ -73,6 +73,18 @@ class Instance:
         return dataclasses.asdict(self)
 
 
+def local_instance(name: str, info: dict) -> Instance:
+    """A local machine (systemd-nspawn) as an Instance: `info` is its machine.json as nspawn.Machine.info()
+    returns it (the keys Machine.create writes, plus `state`; {"state": "absent"} for none). The one place
+    that reads those keys, for the local_machine module and the inventory alike."""
+    return Instance(
+        name=name, provider="local", id=info.get("uuid", ""), zone="local", region="local", state=info["state"],
+        gpu=None, machine_type="systemd-nspawn", spot=False, public_ip=info.get("address"),
+        private_ip=info.get("address"), labels=info.get("labels", {}), created=info.get("created"), hourly_price=0.0,
+        ssh_user=info.get("ssh_user"), image="debian-12",
+    )
+
+
 def managed_labels(deployment: str, extra: dict | None = None) -> dict:
     """The labels/tags every sdcloud resource of `deployment` carries (user labels first, ours win)."""
     labels = dict(extra or {})

@@ -877,13 +877,4 @@ class GcpBackend(Backend):
         return None, None
 
 
-def list_instances(project: str, endpoint: str | None = None, zones=None, deployment: str | None = None,
-                   credentials_file: str | None = None) -> list:
-    """Every sdcloud-managed instance in `project` (stopped ones included, with state "stopped"),
-    optionally only in `zones` (zones or regions) and of one deployment. For the inventory plugin."""
-    backend = GcpBackend(project, zones=zones, endpoint=endpoint, credentials_file=credentials_file)
-    return backend.list_instances(deployment)
-
-
-__all__ = ["GcpBackend", "firewall_name", "gcp_error", "instance_from_gce", "list_instances", "network_tag",
-           "quota_help"]
+__all__ = ["GcpBackend", "firewall_name", "gcp_error", "instance_from_gce", "network_tag", "quota_help"]
