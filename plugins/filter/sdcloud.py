@@ -73,6 +73,11 @@ def sdcloud_cidrs_containing(cidrs, address):
     return found
 
 
+def sdcloud_tcp_rules(ports, sources):
+    """Firewall rules {port, proto: tcp, sources} for `ports` (roles/firewall's firewall_open_ports items)."""
+    return [{"port": int(p), "proto": "tcp", "sources": list(sources or [])} for p in ports or []]
+
+
 def sdcloud_gpu_names(provider=None):
     """Neutral GPU names in the catalog (only those `provider` rents, when given)."""
     return catalog.gpu_names(provider or None)
@@ -167,6 +172,7 @@ class FilterModule:
             "sdcloud_world_cidrs": sdcloud_world_cidrs,
             "sdcloud_host_cidr": sdcloud_host_cidr,
             "sdcloud_cidrs_containing": sdcloud_cidrs_containing,
+            "sdcloud_tcp_rules": sdcloud_tcp_rules,
             "sdcloud_gpu_names": sdcloud_gpu_names,
             "sdcloud_gpu_offer": sdcloud_gpu_offer,
             "sdcloud_bad_zones": sdcloud_bad_zones,

@@ -97,3 +97,22 @@ def test_key_path_is_a_directory(env):
     d = pathlib.Path(env["TMP"], "keydir")
     d.mkdir()
     refused(env, f"sdcloud_ssh_key_path {d} is not a file", "-e", json.dumps({"sdcloud_ssh_key_path": str(d)}))
+
+
+def test_a_first_provision_that_fails_leaves_the_firewall_up(env):
+    """The host firewall comes before anything that listens: a first provision that fails in a UI role (here the
+    ComfyUI stand-in crash-looping on a bad flag) leaves a default-deny machine, not an open one."""
+    key_path = key(env, "fw/id_ed25519")
+    xv = {"sdcloud_ssh_key_path": key_path, "comfyui_extra_args": ["--no-such-flag"], "comfyui_wait_timeout": 60}
+    try:
+        rc, out = e2e_util.run_play(env, "provision.yml", "-e", json.dumps(xv), check=False)
+        assert rc != 0 and "crash-looped" in out, out[-3000:]
+        (m,) = json.loads(subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True,
+                                         text=True, check=True).stdout)
+        ruleset = subprocess.run(["ssh", "-i", key_path, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+                                  "-o", "LogLevel=ERROR", "root@" + m["address"], "nft list ruleset"],
+                                 capture_output=True, text=True, timeout=60, check=True).stdout
+        assert "policy drop" in ruleset and "dport 22 " in ruleset, ruleset
+    finally:
+        e2e_util.run_play(env, "teardown.yml", "-e", json.dumps(xv), check=False)
+    assert machines(env) == []

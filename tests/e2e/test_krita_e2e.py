@@ -279,6 +279,9 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     probe = env["PROBE_IP"]
     assert ssh(env, probe, f"python3 - https://{ip}/system_stats", key=env["PROBE_KEY"], stdin=STATUS) == "401"
     assert ssh(env, probe, f"python3 - https://{ip}/{token}/system_stats", key=env["PROBE_KEY"], stdin=STATUS) == "200"
+    # ComfyUI alone: the proxy's AUTOMATIC1111 port is not opened (it once was, in nftables)
+    ruleset = ssh(env, ip, "nft list ruleset")
+    assert "dport 443 " in ruleset and "7443" not in ruleset, ruleset
     for port_ in (8188, 22):
         rc = ssh(env, probe, f"timeout 8 bash -c '</dev/tcp/{ip}/{port_}' 2>/dev/null; echo $?", key=env["PROBE_KEY"])
         assert rc != "0", f"port {port_} of the machine answers a host outside sdcloud_ssh_cidrs"
