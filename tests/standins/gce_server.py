@@ -2,8 +2,9 @@
 
 A small in-memory server that speaks the part of the Compute Engine v1 REST API that sdcloud uses,
 so the GCP backend and modules can be tested with the real google-cloud-compute client
-(`ClientOptions(api_endpoint="http://127.0.0.1:PORT")`, transport="rest", AnonymousCredentials).
-Google ships no Compute Engine emulator (see /work/shared/notes/clouds.md); nothing here is
+(`ClientOptions(api_endpoint="http://127.0.0.1:PORT")`, transport="rest", AnonymousCredentials), and
+the backend's own REST reads (GcpClients.get_json: the same paths, JSON as the client parses it).
+Google ships no Compute Engine emulator; nothing here is
 observed from the real service except where the fault table below cites a public document.
 Traffic stays on 127.0.0.1.
 

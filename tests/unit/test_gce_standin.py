@@ -85,7 +85,7 @@ def test_insert_operation_progresses_and_instance_runs(gce):
 
 def test_real_client_insert_result_get_and_wait(gce):
     instances = client(gce, compute_v1.InstancesClient)
-    # the extended-operation poller must use the stand-in too (notes/clouds.md pitfall)
+    # the extended-operation poller must use the stand-in too: it ignores client_options and would poll the real host
     instances._transport._extended_operations_services["zone_operations"] = client(gce, compute_v1.ZoneOperationsClient)
     body = compute_v1.Instance.from_json(json.dumps(instance_body()), ignore_unknown_fields=False)
     op = instances.insert(project=P, zone=ZONE, instance_resource=body)

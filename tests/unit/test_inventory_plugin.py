@@ -140,3 +140,49 @@ def test_preflight_passes_with_one_provider(tmp_path, moto):
     rc, out = _preflight(tmp_path, path)
     assert rc == 0, out[-3000:]
     assert "also has" not in out
+
+
+@pytest.fixture
+def gce_two(monkeypatch):
+    """The Compute Engine stand-in with deployments `sd` (running) and `old` (stopped)."""
+    import gce_server
+    from ansible.module_utils.sdcloud import base, errors, gcp
+    from ansible.module_utils.sdcloud.base import InstanceSpec
+
+    monkeypatch.setattr(base, "POLL_INTERVAL", 0.02)
+    monkeypatch.setattr(errors, "RETRY_BASE", 0.01)
+    with gce_server.GceStandin(accelerators={"us-central1-a": ["nvidia-l4"]}) as gce:
+        backend = gcp.GcpBackend("proj-inv", endpoint=gce.url)
+        for name in ("sd", "old"):
+            inst, _ = backend.create_instance(InstanceSpec(
+                name=name, gpu="nvidia-l4", zones=["us-central1-a"], ssh_public_key=KEY,
+                image_family="ubuntu-os-cloud/ubuntu-2204-lts"), wait_timeout=30)
+        backend.stop_instance(inst, wait_timeout=30)
+        yield gce
+
+
+def test_gcp_lists_through_the_backend_without_loading_google_cloud_compute(gce_two):
+    # what the plugin runs for gcp, in a fresh interpreter: google-cloud-compute and google.api_core (~2 s
+    # of imports) stay unloaded
+    code = ("import sys, ansible.module_utils as mu; mu.__path__.append(%r)\n"
+            "from ansible.module_utils.sdcloud.base import backend_from_params\n"
+            "found = backend_from_params({'provider': 'gcp', 'project': 'proj-inv', 'endpoint': %r}).list_instances()\n"
+            "print(sorted((i.name, i.state, i.gpu) for i in found))\n"
+            "print([m for m in ('google.cloud.compute_v1', 'google.api_core.exceptions', 'grpc') if m in sys.modules])\n"
+            % (str(ROOT / "plugins" / "module_utils"), gce_two.url))
+    res = subprocess.run([str(ROOT / ".venv/bin/python"), "-c", code], capture_output=True, text=True, check=True)
+    assert res.stdout.splitlines() == ["[('old', 'stopped', 'nvidia-l4'), ('sd', 'running', 'nvidia-l4')]", "[]"]
+
+
+def test_gcp_inventory_and_its_cache(tmp_path, gce_two):
+    path = _inventory(tmp_path, deployment="sd", providers=["gcp"], gcp_project="proj-inv", gcp_endpoint=gce_two.url,
+                      cache=True, cache_plugin="ansible.builtin.jsonfile", cache_connection=str(tmp_path / "cache"))
+    inv, _ = _list(tmp_path, path)
+    assert sorted(inv["provider_gcp"]["hosts"]) == ["old", "sd"] and inv["sdcloud_target"]["hosts"] == ["sd"]
+    assert inv["state_stopped"]["hosts"] == ["old"]
+    hv = inv["_meta"]["hostvars"]["sd"]
+    assert (hv["sdcloud_instance"]["zone"], hv["ansible_user"]) == ("us-central1-a", "ubuntu")
+    assert hv["ansible_host"] == hv["sdcloud_instance"]["public_ip"]
+    listed = len(gce_two.requests_for("instances.aggregatedList"))
+    again, _ = _list(tmp_path, path)  # from the cache: the API is not asked again
+    assert again == inv and len(gce_two.requests_for("instances.aggregatedList")) == listed

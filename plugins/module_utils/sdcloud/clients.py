@@ -5,7 +5,9 @@ private endpoint in production) reaches every call, including operation polling.
 
 - aws_client(service, region, endpoint_url=None, profile=None) -> boto3 client
 - gcp_clients(project, endpoint=None, credentials_file=None) -> GcpClients (lazy attributes:
-  .instances, .zone_operations, .firewalls, ... see GcpClients.CLASSES)
+  .instances, .zone_operations, .firewalls, ... see GcpClients.CLASSES; and .get_json(path, params),
+  a REST read that needs neither google-cloud-compute nor google.api_core loaded)
+- lazy_module(name): a module imported on first attribute access
 
 SDK imports are guarded: the modules report a missing SDK with missing_required_lib via
 HAS_BOTO3 / HAS_GCP and BOTO3_IMPORT_ERROR / GCP_IMPORT_ERROR.
@@ -13,6 +15,7 @@ HAS_BOTO3 / HAS_GCP and BOTO3_IMPORT_ERROR / GCP_IMPORT_ERROR.
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import os
 
@@ -29,14 +32,29 @@ except ImportError as exc:  # pragma: no cover - exercised only without boto3
     HAS_BOTO3 = False
     BOTO3_IMPORT_ERROR = exc
 
-# google-cloud-compute takes ~3 s to import: check that it is there now, import it on first use,
-# so AWS-only runs (and the inventory listing only AWS) never pay for it.
+# google-cloud-compute takes ~2-3 s to import (google.api_core alone ~1.5 s: it imports grpc): check
+# that it is there now, import it on first use, so AWS-only runs never pay for it, and listing GCP
+# instances (the inventory) never does either: instance reads go through GcpClients.get_json.
 try:
     GCP_IMPORT_ERROR = None if importlib.util.find_spec("google.cloud.compute_v1") else ImportError(
         "No module named 'google.cloud.compute_v1'")
 except (ImportError, ValueError) as exc:  # pragma: no cover - exercised only without google-cloud-compute
     GCP_IMPORT_ERROR = exc
 HAS_GCP = GCP_IMPORT_ERROR is None
+
+
+
+
+class lazy_module:  # noqa: N801 - stands in for a module name
+    """A module imported on first attribute access (`compute_v1 = lazy_module("google.cloud.compute_v1")`):
+    code that never touches it never pays its import time. An `except lazy.Error:` clause touches it only
+    when an exception reaches that clause."""
+
+    def __init__(self, name: str):
+        self._name = name
+
+    def __getattr__(self, attr: str):
+        return getattr(importlib.import_module(self._name), attr)
 
 
 # Environment overrides, documented in the modules.
@@ -98,7 +116,9 @@ class GcpClients:
     Attributes are built on first use: gc.instances, gc.zone_operations, gc.firewalls, ...
     Every client's extended-operation poller is replaced by operations clients built with the same
     options: without that, `operation.result()` polls compute.googleapis.com even when an endpoint
-    override is set (see docs: notes/clouds.md)."""
+    override is set (the ExtendedOperation poller ignores client_options: a private endpoint or a
+    stand-in would be left for the real host).
+    get_json(path, params) reads without any of them (see there)."""
 
     CLASSES = {
         "instances": "InstancesClient",
@@ -119,6 +139,10 @@ class GcpClients:
     }
     OPERATIONS = ("zone_operations", "region_operations", "global_operations")
 
+    API_ROOT = "https://compute.googleapis.com"  # the REST host google-cloud-compute uses by default
+    SCOPES = ("https://www.googleapis.com/auth/cloud-platform",)
+    READ_TIMEOUT = 60
+
     def __init__(self, project: str, endpoint: str | None = None, credentials_file: str | None = None):
         if not HAS_GCP:
             raise SdcloudError("google-cloud-compute is required for provider gcp: pip install -r requirements.txt")
@@ -130,6 +154,36 @@ class GcpClients:
         self.endpoint = endpoint or os.environ.get(ENV_GCP_ENDPOINT) or None
         self.credentials = _gcp_credentials(credentials_file, self.endpoint)
         self._clients: dict = {}
+        self._session = None
+
+    def get_json(self, path: str, params: dict | None = None) -> dict:
+        """GET <endpoint>/compute/v1/projects/<project>/<path> (the REST call google-cloud-compute makes for
+        the same read) and its JSON body, through google-auth's requests session - the same credentials,
+        endpoint and proxy settings as the clients, without importing google-cloud-compute, which is most
+        of the time of listing instances (the inventory). An HTTP error is raised as google.api_core's
+        exception for it (from_http_response, as the compute_v1 REST transport does), so error mapping and
+        retries see the same exceptions on both paths."""
+        root = self.endpoint or self.API_ROOT
+        if "://" not in root:
+            root = "https://" + root  # as the compute_v1 transport reads a bare host
+        response = self._http().get(f"{root.rstrip('/')}/compute/v1/projects/{self.project}/{path}",
+                                    params=params, timeout=self.READ_TIMEOUT)
+        if response.status_code >= 400:
+            from google.api_core import exceptions
+
+            raise exceptions.from_http_response(response)
+        return response.json()
+
+    def _http(self):
+        if self._session is None:
+            import google.auth
+            from google.auth.transport.requests import AuthorizedSession
+
+            credentials = self.credentials
+            if credentials is None:  # application default credentials, as the clients find them
+                credentials, _project = google.auth.default(scopes=list(self.SCOPES))
+            self._session = AuthorizedSession(credentials)
+        return self._session
 
     def _options(self):
         from google.api_core.client_options import ClientOptions
@@ -164,7 +218,7 @@ def _gcp_credentials(credentials_file: str | None, endpoint: str | None):
         try:
             return service_account.Credentials.from_service_account_file(
                 os.path.expanduser(credentials_file),
-                scopes=["https://www.googleapis.com/auth/cloud-platform"],
+                scopes=list(GcpClients.SCOPES),
             )
         except (OSError, ValueError) as exc:
             raise SdcloudError(

@@ -5,6 +5,10 @@ What it does, and the choices behind it:
   instances.aggregatedList, in every zone: a deployment is found wherever it was placed.
   STOPPING and TERMINATED (GCE's word for "stopped") instances are returned with their state,
   never raised on (google.cloud's gcp_compute inventory fails on STOPPING, google.cloud #724).
+- Instance reads (aggregatedList, get) fetch the REST JSON through GcpClients.get_json and become an
+  Instance in one function (instance_from_gce): listing needs neither google-cloud-compute nor
+  google.api_core imported (~2 s, most of an inventory run), so both load lazily, on the first call that
+  changes something or reads anything else.
 - Placement is base.Backend.create_instance; this file writes its hooks. A zone is skipped without a call
   that changes anything when its acceleratorTypes list lacks the GPU (N1 + T4) or its machineTypes lacks
   the machine type (g2/a2/a3 carry their GPUs). ZONE_RESOURCE_POOL_EXHAUSTED[_WITH_DETAILS],
@@ -69,15 +73,13 @@ from ansible.module_utils.sdcloud.base import (
     valid_host_key,
     wait_for,
 )
-from ansible.module_utils.sdcloud.clients import HAS_GCP, gcp_clients
+from ansible.module_utils.sdcloud.clients import gcp_clients, lazy_module
 
-if HAS_GCP:
-    import google.auth.exceptions
-    import requests.exceptions
-    from google.api_core import exceptions as gexc
-    from google.cloud import compute_v1
-else:  # pragma: no cover - the modules report the missing SDK before building a backend
-    gexc = compute_v1 = None
+# Loaded on first use (see the module docstring): listing instances touches neither.
+compute_v1 = lazy_module("google.cloud.compute_v1")
+gexc = lazy_module("google.api_core.exceptions")
+google_auth_exceptions = lazy_module("google.auth.exceptions")
+requests_exceptions = lazy_module("requests.exceptions")
 
 PROVIDER = "gcp"
 OP_WAIT_SLICE = 60.0  # longest single operations.wait call; the API itself returns after ~2 minutes
@@ -225,12 +227,12 @@ def gcp_error(exc, doing: str, project: str, where: str | None = None) -> Sdclou
     at = f" in {where}" if where else ""
     if isinstance(exc, SdcloudError):
         return exc
-    if isinstance(exc, google.auth.exceptions.DefaultCredentialsError):
+    if isinstance(exc, google_auth_exceptions.DefaultCredentialsError):
         return SdcloudError(f"no GCP credentials found while {doing}: {CREDENTIALS_FIX}", code="NoCredentials")
-    if isinstance(exc, google.auth.exceptions.RefreshError):
+    if isinstance(exc, google_auth_exceptions.RefreshError):
         return SdcloudError(f"GCP credentials were refused while {doing} ({exc}): they expired or were revoked; "
                             f"{CREDENTIALS_FIX}", code="RefreshError")
-    if isinstance(exc, requests.exceptions.RequestException):
+    if isinstance(exc, requests_exceptions.RequestException):
         return SdcloudError(f"cannot reach the Compute Engine API while {doing} ({exc}): check the network, a "
                             "proxy, or the endpoint override (`endpoint` / SDCLOUD_GCP_ENDPOINT)",
                             code="EndpointConnection")
@@ -306,31 +308,31 @@ class _OperationFailed(Exception):
 # --------------------------------------------------------------------------------------------
 
 
-def instance_from_gce(gi) -> Instance:
-    """base.Instance from a compute_v1.Instance: the one place a GCE instance becomes an Instance."""
-    zone = _last(gi.zone)
-    mt = _last(gi.machine_type)
-    accel = _last(gi.guest_accelerators[0].accelerator_type) if gi.guest_accelerators else None
+def instance_from_gce(d: dict) -> Instance:
+    """base.Instance from an instance's REST JSON (instances.get / aggregatedList): the one place a GCE
+    instance becomes an Instance."""
+    zone = _last(d.get("zone"))
+    mt = _last(d.get("machineType"))
+    accels = d.get("guestAccelerators") or []
+    accel = _last(accels[0].get("acceleratorType")) if accels else None
     offer = catalog.find_offering(PROVIDER, mt, accel)
-    sched = gi.scheduling
-    spot = sched.provisioning_model == "SPOT" or bool(sched.preemptible)
-    nic = gi.network_interfaces[0] if gi.network_interfaces else None
-    public_ip = None
-    if nic is not None:
-        public_ip = next((ac.nat_i_p for ac in nic.access_configs if ac.nat_i_p), None)
-    meta = {item.key: item.value for item in gi.metadata.items}
+    sched = d.get("scheduling") or {}
+    spot = sched.get("provisioningModel") == "SPOT" or bool(sched.get("preemptible"))
+    nics = d.get("networkInterfaces") or []
+    nic = nics[0] if nics else {}
+    public_ip = next((ac["natIP"] for ac in nic.get("accessConfigs") or [] if ac.get("natIP")), None)
+    meta = {item.get("key"): item.get("value") for item in (d.get("metadata") or {}).get("items") or []}
     ssh_user = None
     if meta.get("ssh-keys"):
         ssh_user = meta["ssh-keys"].splitlines()[0].split(":", 1)[0] or None
-    boot = next((d for d in gi.disks if d.boot), None)
+    boot = next((disk for disk in d.get("disks") or [] if disk.get("boot")), None)
+    size = boot.get("diskSizeGb") if boot else None
     return Instance(
-        name=gi.name, provider=PROVIDER, id=str(gi.id), zone=zone, region=zone_region(zone),
-        state=_STATES.get(gi.status, PENDING), gpu=offer.gpu if offer else None, machine_type=mt, spot=spot,
-        public_ip=public_ip, private_ip=(nic.network_i_p or None) if nic is not None else None,
-        labels=dict(gi.labels), created=gi.creation_timestamp or None,
-        hourly_price=offer.hourly(spot) if offer else None, ssh_user=ssh_user,
-        image=meta.get("sdcloud-image"),
-        disk_size_gb=int(boot.disk_size_gb) if boot and boot.disk_size_gb else None,
+        name=d["name"], provider=PROVIDER, id=str(d.get("id", "")), zone=zone, region=zone_region(zone),
+        state=_STATES.get(d.get("status"), PENDING), gpu=offer.gpu if offer else None, machine_type=mt, spot=spot,
+        public_ip=public_ip, private_ip=nic.get("networkIP") or None, labels=dict(d.get("labels") or {}),
+        created=d.get("creationTimestamp") or None, hourly_price=offer.hourly(spot) if offer else None,
+        ssh_user=ssh_user, image=meta.get("sdcloud-image"), disk_size_gb=int(size) if size else None,
     )
 
 
@@ -417,17 +419,24 @@ class GcpBackend(Backend):
         return SdcloudError(f"GCP {code} while {what}{at}: {failed.text} -- see the message from Compute Engine; "
                             "re-run once it is fixed", code=code)
 
-    # ---- reading instances ------------------------------------------------------------------
+    # ---- reading instances (REST JSON, see the module docstring) -------------------------------
     def _aggregated_instances(self, deployment: str | None = None) -> list:
-        request = compute_v1.AggregatedListInstancesRequest(project=self.project, filter=label_filter(deployment))
-        pages = self._read(lambda: list(self.gc.instances.aggregated_list(request=request)),
-                           "listing instances (instances.aggregatedList)")
-        return [inst for _scope, scoped in pages for inst in scoped.instances]
+        """The labelled instances of every zone, as REST JSON, all pages."""
+        params = {"filter": label_filter(deployment)}
+        found = []
+        while True:
+            page = self._read(lambda p=dict(params): self.gc.get_json("aggregated/instances", p),
+                              "listing instances (instances.aggregatedList)")
+            for scoped in (page.get("items") or {}).values():
+                found.extend(scoped.get("instances") or ())
+            if not page.get("nextPageToken"):
+                return found
+            params["pageToken"] = page["nextPageToken"]
 
-    def _get(self, zone: str, name: str, missing_ok: bool = False):
-        """The compute_v1.Instance; None when it does not exist and missing_ok (else SdcloudError)."""
+    def _get(self, zone: str, name: str, missing_ok: bool = False) -> dict | None:
+        """The instance's REST JSON; None when it does not exist and missing_ok (else SdcloudError)."""
         try:
-            return errors.retry(lambda: self.gc.instances.get(project=self.project, zone=zone, instance=name),
+            return errors.retry(lambda: self.gc.get_json(f"zones/{zone}/instances/{name}"),
                                 is_retryable=_retryable_read)
         except Exception as exc:
             if missing_ok and isinstance(exc, gexc.NotFound):
@@ -450,8 +459,8 @@ class GcpBackend(Backend):
         return sorted(found, key=lambda i: (i.name, i.zone))
 
     def read_instance(self, instance: Instance) -> Instance | None:
-        gi = self._get(instance.zone, instance.name, missing_ok=True)
-        return instance_from_gce(gi) if gi is not None else None
+        d = self._get(instance.zone, instance.name, missing_ok=True)
+        return instance_from_gce(d) if d is not None else None
 
     def host_keys(self, instance: Instance, timeout: int) -> list:
         """The SSH host keys the guest published in guest attributes, "type base64" sorted; waits up to
@@ -640,7 +649,7 @@ class GcpBackend(Backend):
         """After a refused insert nothing should remain; remove a half-created instance or boot disk."""
         name = placement["spec"].name
         gi = self._get(zone, name, missing_ok=True)
-        if gi is not None and gi.labels.get(LABEL_MANAGED) == "true":
+        if gi is not None and (gi.get("labels") or {}).get(LABEL_MANAGED) == "true":
             self._op(lambda: self.gc.instances.delete_unary(project=self.project, zone=zone, instance=name),
                      f"deleting half-created instance {name}", deadline, zone)
         try:
@@ -690,7 +699,7 @@ class GcpBackend(Backend):
         gi = self._get(zone, name, missing_ok=True)
         if gi is None:
             return
-        disks = [_last(d.source) for d in gi.disks]
+        disks = [_last(d.get("source")) for d in gi.get("disks") or []]
         self._delete_instance_op(zone, name, deadline)
         for disk in disks:  # autoDelete disks are gone already; a kept one is deleted here
             self._delete_disk_if_present(zone, disk, deadline)
@@ -726,9 +735,9 @@ class GcpBackend(Backend):
         wanted = managed_labels(deployment, labels)
         for attempt in range(SET_LABELS_TRIES):
             gi = self._get(instance.zone, instance.name)
-            if dict(gi.labels) == wanted:
+            if dict(gi.get("labels") or {}) == wanted:
                 return instance_from_gce(gi)
-            req = compute_v1.InstancesSetLabelsRequest(labels=wanted, label_fingerprint=gi.label_fingerprint)
+            req = compute_v1.InstancesSetLabelsRequest(labels=wanted, label_fingerprint=gi.get("labelFingerprint"))
             try:
                 self._op(lambda req=req: self.gc.instances.set_labels_unary(
                     project=self.project, zone=instance.zone, instance=instance.name,
