@@ -69,14 +69,22 @@ options:
       - Image to boot. AWS, an AMI id (V(ami-...)), an alias (V(dlami-ubuntu-22.04) (default),
         V(dlami-ubuntu-24.04), V(ubuntu-22.04), V(ubuntu-24.04)) or an AMI name filter such as
         V(my-sd-image-*) (searched among images owned by Amazon, Canonical and your account; newest wins).
-      - GCP, an image self-link, C(projects/<p>/global/images/<name>) or an alias.
+      - GCP, an image self-link, C(projects/<p>/global/images/<name>), C(projects/<p>/global/images/family/<family>)
+        (its newest image), an image name in O(project), or an alias (V(dlvm-ubuntu-22.04) (default),
+        V(ubuntu-22.04), V(ubuntu-24.04), V(debian-12), each the newest image of its family).
       - Default, the Deep Learning image with the NVIDIA driver (AWS Deep Learning Base OSS Nvidia Driver
         GPU AMI (Ubuntu 22.04); GCP Deep Learning VM).
+      - Mutually exclusive with O(image_family).
     type: str
   image_family:
     description:
-      - GCP, image family, V(project/family) or a family in the default image project.
-      - AWS, treated like O(image) (alias or name filter). Ignored when O(image) is set.
+      - GCP, an image family; the newest image in it is booted, looked up at creation (the one chosen is
+        recorded in the instance's metadata C(sdcloud-image)). V(project/family) names the image project
+        (V(ubuntu-os-cloud/ubuntu-2204-lts)); a bare family is looked up in the image project sdcloud's catalog
+        knows for it (V(ubuntu-2204-lts) in C(ubuntu-os-cloud)), else in O(project); an alias
+        (V(dlvm-ubuntu-22.04) ...) works as for O(image).
+      - AWS, the same values as O(image) (an alias or an AMI name filter); AMIs have no families.
+      - Mutually exclusive with O(image).
     type: str
   ssh_public_key:
     description: OpenSSH public key line to authorize for O(ssh_user) (AWS, imported as key pair C(sdcloud-<name>)).

@@ -285,6 +285,10 @@ def test_image_resolution_and_plan_is_read_only(gce, backend):
     assert plan["zones"] == ["us-central1-a", "us-central1-b"] and plan["machine_type"] == "g2-standard-4"
     fam = "deeplearning-platform-release/common-cu128-ubuntu-2204-nvidia-570"
     assert "common-cu128-ubuntu-2204-nvidia-570-v" in backend.plan_create(spec(image_family=fam))["image"]
+    # an alias in `image` (as group_vars' sdcloud_image documents it) is the newest image of its family
+    plan = backend.plan_create(spec(image="ubuntu-22.04", image_family=None))
+    assert plan["image"].endswith("/ubuntu-os-cloud/global/images/ubuntu-2204-jammy-v20251001")
+    assert plan["image_name"] == "ubuntu-2204-jammy-v20251001"
     assert mutations(gce) == []
     with pytest.raises(SdcloudError) as err:
         backend.plan_create(spec(image_family="debian-cloud/debian-99"))

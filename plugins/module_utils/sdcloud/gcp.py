@@ -530,8 +530,9 @@ class GcpBackend(Backend):
         return link, _last(link)
 
     def resolve_image(self, spec: InstanceSpec) -> str:
-        """The source image self-link for spec (explicit image, or the newest image of a family)."""
-        if spec.image:
+        """The source image self-link for spec: an explicit image (a name in `project`, a path, or one of
+        catalog.GCP_IMAGES' aliases), else the newest image of spec.image_family (or of the default)."""
+        if spec.image and spec.image not in catalog.GCP_IMAGES:
             image = spec.image
             if "/" not in image:
                 image = f"projects/{self.project}/global/images/{image}"
@@ -544,7 +545,7 @@ class GcpBackend(Backend):
                 return self._from_family(proj, name)
             img = self._read(lambda: self.gc.images.get(project=proj, image=name), f"reading image {image}")
             return img.self_link
-        family = spec.image_family or catalog.GCP_DEFAULT_IMAGE
+        family = spec.image or spec.image_family or catalog.GCP_DEFAULT_IMAGE
         if family in catalog.GCP_IMAGES:
             proj, family = catalog.GCP_IMAGES[family]
         elif "/" in family:
