@@ -103,7 +103,10 @@ options:
     default: 30
   log_path:
     description:
-      - Progress log on the server (bytes, rate, ETA per file, retries, failures). Tokens are never written.
+      - Progress log on the server (bytes, rate, ETA per file and for all files together, retries, failures),
+        a line per file every 2 s. Tokens are never written.
+      - Run the module as an async task and poll it with M(job_progress) (C(format=model_sync)) to see these lines
+        in the terminal while the files download (the models role does).
       - Defaults to C(<models_dir>/.sdcloud-sync.log).
     type: path
   owner:
@@ -294,6 +297,13 @@ bytes:
   description: Bytes downloaded in this run.
   returned: when not in check mode
   type: int
+pending:
+  description:
+    - In check mode, whether a real run would do anything (download, remove, or record an already correct
+      file in the state file); the models role runs the module for real only then. Otherwise whether files
+      failed.
+  returned: always
+  type: bool
 """
 
 import grp

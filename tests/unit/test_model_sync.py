@@ -6,6 +6,7 @@ import hashlib
 import json
 import os
 import pathlib
+import re
 import socket
 import sys
 import time
@@ -510,3 +511,36 @@ def test_redactor_removes_every_kind_of_secret():
     for secret in ("hf_abcdefgh", "civ_12345678", "deadbeef", "user:pw"):
         assert secret not in text
     assert "download=1" in text and "token=REDACTED" in text
+
+
+# ---------------------------------------------------------------- progress for the terminal, and the plan
+
+
+def test_log_has_a_line_for_all_files_and_the_plan_says_what_is_pending(slow_server, base, tmp_path):
+    files = {f"p{i}.safetensors": blob(f"overall-{i}", 2 * MB) for i in range(3)}
+    models = [model(n, "checkpoints", slow_server.add(f"/overall/{n}", d), d) for n, d in files.items()]
+    failed, plan = run({**base, "models": models}, check=True)
+    assert not failed and plan["pending"] is True and plan["changed"] is True
+    failed, res = run({**base, "models": models, "connections": 1})
+    assert not failed, res
+    log = (tmp_path / "sync.log").read_text().splitlines()
+    overall = [ln.split(" ", 1)[1] for ln in log if " all: " in ln]
+    # 6 MB at 2 MB/s per file, three at once: ~1 s, a line every 2 s per file and for all files
+    assert overall, log
+    line = re.compile(r"all: [\d.]+ [KM]?B/6\.3 MB \([\d.]+%\) [\d.]+ MiB/s ETA \S+, [0-3] of 3 files done$")
+    assert all(line.match(ln) for ln in overall), overall
+    # nothing left to do: the plan says so, and a file present but not yet recorded is pending (to be recorded)
+    failed, plan = run({**base, "models": models}, check=True)
+    assert not failed and plan["pending"] is False and plan["changed"] is False
+    (tmp_path / "models" / ".sdcloud-state.json").unlink()
+    failed, plan = run({**base, "models": models}, check=True)
+    assert not failed and plan["pending"] is True and plan["changed"] is False
+    assert {f["reason"] for f in plan["files"]} == {"verified existing file"}
+
+
+def test_a_large_file_says_it_is_being_verified(server, base, tmp_path, monkeypatch):
+    monkeypatch.setattr(download, "VERIFY_NOTE", 100 * KB)
+    data = blob("verify-note", 200 * KB)
+    failed, res = run({**base, "models": [model("v.safetensors", "vae", server.add("/verify-note.safetensors", data), data)]})
+    assert not failed, res
+    assert "vae/v.safetensors: verifying sha256 of 204.8 KB" in (tmp_path / "sync.log").read_text()

@@ -94,7 +94,8 @@ MIN_PIECE = 1 * MIB  # smallest range a connection is given (also the work-steal
 MAX_REDIRECTS = 10
 MAX_RETRY_AFTER = 120.0  # seconds: the most a Retry-After header can make us wait
 SIDECAR_EVERY = 5.0  # seconds between sidecar saves during a download
-LOG_EVERY = 2.0  # seconds between progress lines per file
+LOG_EVERY = 2.0  # seconds between progress lines per file (and for all files)
+VERIFY_NOTE = 64 * MIB  # files from this size get a "verifying" line before their sha256 is computed
 USER_AGENT = "sdcloud-model-sync/1.0"
 
 _SECRET_QUERY = re.compile(
@@ -194,13 +195,14 @@ def human_bytes(n):
     return f"{n:.1f} TB"
 
 
-def human_seconds(s):
-    s = int(s)
+def human_seconds(s, tenths=False):
+    """12s, 5m02s, 1h02m; with tenths (the timeline's durations) 12.3s, 5m02.1s, 1h02m05s."""
+    s = max(0.0, float(s))
     if s < 60:
-        return f"{s}s"
+        return f"{s:.1f}s" if tenths else f"{int(s)}s"
     if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s"
-    return f"{s // 3600}h{(s % 3600) // 60:02d}m"
+        return f"{int(s // 60)}m{s % 60:04.1f}s" if tenths else f"{int(s) // 60}m{int(s) % 60:02d}s"
+    return f"{int(s // 3600)}h{int(s % 3600 // 60):02d}m" + (f"{int(s % 60):02d}s" if tenths else "")
 
 
 def sha256_file(path):
@@ -683,6 +685,7 @@ class Syncer:
         self._s3_lock = threading.Lock()
         self._gcs_token = None
         self._gcs_lock = threading.Lock()
+        self.overall = _Overall(self.log, 0, False, 0)
 
     # ---- sources
 
@@ -915,6 +918,8 @@ class Syncer:
         if model.size is not None and os.path.getsize(model.partial) != model.size:
             self._discard(model)
             raise FetchError(f"{remote.describe()} is {os.path.getsize(model.partial)} bytes, declared size is {model.size}")
+        if total >= VERIFY_NOTE:
+            self.log(f"{model.rel}: verifying sha256 of {human_bytes(total)}")
         actual = sha256_file(model.partial)
         if model.sha256 and actual != model.sha256:
             self._discard(model)
@@ -988,8 +993,11 @@ class Syncer:
         }
         out = {"files": results, "removed": removed, "diff": diff}
 
+        stale = [rel for rel in state if rel not in wanted and not os.path.exists(os.path.join(opts.models_dir, rel))]
         if opts.check_mode:
             out["changed"] = bool(to_fetch or removed)
+            # what a real run would do besides changes: record verified files, forget gone ones, drop partials
+            out["pending"] = bool(to_fetch or removed or state_dirty or stale or (opts.prune and self._stale_partials(wanted)))
             return out, []
 
         failures = []
@@ -1005,6 +1013,8 @@ class Syncer:
                     size = probe.size if probe.size is not None else (model.size or 0)
                     need += max(0, size - _partial_done(model, probe))
             self.check_space(need)
+            unknown = any(probes[m.rel][1].size is None for m, _ in to_fetch if m.rel in probes)
+            self.overall = _Overall(self.log, need, unknown, len(probes))
             with ThreadPoolExecutor(max_workers=max(1, opts.parallel)) as pool:
                 futures = [
                     (model, res, pool.submit(self._fetch_one, model, res, *probes[model.rel]))
@@ -1026,16 +1036,16 @@ class Syncer:
             self.log(f"removed {rel} (prune)")
         if opts.prune:
             self._prune_partials(wanted)
-        for rel in list(state):
-            if rel not in wanted and not os.path.exists(os.path.join(opts.models_dir, rel)):
-                state.pop(rel)
-                state_dirty = True
+        for rel in stale:
+            state.pop(rel)
+            state_dirty = True
         if state_dirty:
             self._mkdirs(opts.models_dir)
             self.save_state(state)
 
         fetched = [r for r in results if r.get("status") == "fetched"]
         out["changed"] = bool(fetched or removed)
+        out["pending"] = bool(failures)
         out["bytes"] = sum(r["bytes"] for r in fetched)
         self.log(f"sync done: {len(fetched)} fetched ({human_bytes(out['bytes'])}), {len(removed)} removed, {len(failures)} failed")
         return out, failures
@@ -1078,16 +1088,13 @@ class Syncer:
         )
         try:
             info, entry = self.download(model, remote, probe)
-        except SdcloudError as exc:
-            msg = self.redact(exc.msg)
+        except (SdcloudError, OSError) as exc:
+            msg = self.redact(exc.msg if isinstance(exc, SdcloudError) else f"{exc.__class__.__name__}: {exc}")
             res.update(status="failed", error=msg)
             self.log(f"{model.rel}: failed: {msg}")
+            self.overall.file_done(False)
             return None
-        except OSError as exc:
-            msg = self.redact(f"{exc.__class__.__name__}: {exc}")
-            res.update(status="failed", error=msg)
-            self.log(f"{model.rel}: failed: {msg}")
-            return None
+        self.overall.file_done(True)
         res.update(status="fetched", **info)
         self.log(
             f"{model.rel}: done {human_bytes(info['bytes'])} in {info['seconds']:.1f}s "
@@ -1095,15 +1102,59 @@ class Syncer:
         )
         return entry
 
-    def _prune_partials(self, wanted):
+    def _stale_partials(self, wanted):
+        """Partial downloads (and their sidecars) of files no longer declared."""
         root = os.path.join(self.opts.models_dir, PARTIAL_DIR)
+        out = []
         for dirpath, _dirs, filenames in os.walk(root):
             for fn in filenames:
                 full = os.path.join(dirpath, fn)
                 rel = os.path.relpath(full, root).replace(os.sep, "/")
-                base = rel.removesuffix(".json").removesuffix(".part")
-                if base not in wanted:
-                    _unlink(full)
+                if rel.removesuffix(".json").removesuffix(".part") not in wanted:
+                    out.append(full)
+        return out
+
+    def _prune_partials(self, wanted):
+        for full in self._stale_partials(wanted):
+            _unlink(full)
+
+
+class _Overall:
+    """Bytes of this run's downloads, all files together: the "all:" progress line."""
+
+    def __init__(self, log, total, unknown, files):
+        self.log, self.total, self.unknown, self.files = log, total, unknown, files
+        self.lock = threading.Lock()
+        self.fetched = self.done = self.failed = 0
+        self.t0 = time.monotonic()
+        self.last = 0.0  # the first file's first line brings the first one
+
+    def add(self, n):
+        with self.lock:
+            self.fetched += n
+
+    def file_done(self, ok):
+        with self.lock:
+            self.done += 1
+            self.failed += 0 if ok else 1
+
+    def report(self):
+        if self.files < 2:
+            return  # the file's own line says it all
+        now = time.monotonic()
+        with self.lock:
+            if now - self.last < LOG_EVERY:
+                return
+            self.last = now
+            fetched, done, failed = self.fetched, self.done, self.failed
+        rate = fetched / max(now - self.t0, 1e-6)
+        left = max(0, self.total - fetched)
+        eta = human_seconds(left / rate) if rate > 0 else "?"
+        pct = f" ({100 * fetched / self.total:.1f}%)" if self.total else ""
+        self.log(
+            f"all: {human_bytes(fetched)}/{human_bytes(self.total)}{'+' if self.unknown else ''}{pct} "
+            f"{rate / MIB:.1f} MiB/s ETA {eta}, {done} of {self.files} files done" + (f" ({failed} failed)" if failed else "")
+        )
 
 
 class _FileState:
@@ -1222,6 +1273,7 @@ class _FileState:
         with self.lock:
             if seg[1] and not self.probe.ranges:  # no byte ranges: a retry starts over
                 self.fetched -= seg[1]
+                self.syncer.overall.add(-seg[1])
                 seg[1] = 0
             start, end = seg[1], seg[2]
         if end is not None and start >= end:
@@ -1247,6 +1299,7 @@ class _FileState:
                         n = min(n, seg[2] - pos)  # the range was split meanwhile: the rest is another's
                     seg[1] += n
                     self.fetched += n
+                self.syncer.overall.add(n)
                 os.pwrite(self.fd, view[:n], pos)
                 self._progress()
         finally:
@@ -1276,6 +1329,7 @@ class _FileState:
         else:
             line = f"{self.model.rel}: {human_bytes(have)} {rate / MIB:.1f} MiB/s"
         self.syncer.log(line)
+        self.syncer.overall.report()
         if save:
             with contextlib.suppress(OSError):
                 self.save_sidecar()
