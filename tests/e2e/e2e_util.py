@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
@@ -32,17 +33,79 @@ def local_env(tmp, net, name):
     return e
 
 
+def _play_cmd(name, args, vars_file):
+    return ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e" / vars_file), *args]
+
+
+def _played(name, args, rc, took, out, *, label, check, tail):
+    print(f"--- {label}{name} {' '.join(a for a in args if not a.startswith('{'))}: rc={rc} in {took:.1f}s")
+    if check and rc != 0:
+        pytest.fail(f"{name} failed (rc={rc}):\n{out[-tail:]}")
+
+
 def run_play(env, name, *args, label="", check=True, tail=6000, vars_file="fixture-vars.yml"):
     """ansible-playbook playbooks/<name> with the test settings `vars_file` (tests/e2e/), as a user runs it.
     Returns (rc, output); with check, a non-zero rc fails the test showing the output's tail."""
-    cmd = ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e" / vars_file), *args]
     t0 = time.monotonic()
-    res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    res = subprocess.run(_play_cmd(name, args, vars_file), cwd=ROOT, env=env, capture_output=True, text=True, check=False)
     out = res.stdout + res.stderr
-    print(f"--- {label}{name} {' '.join(a for a in args if not a.startswith('{'))}: rc={res.returncode} in {time.monotonic() - t0:.1f}s")
-    if check and res.returncode != 0:
-        pytest.fail(f"{name} failed (rc={res.returncode}):\n{out[-tail:]}")
+    _played(name, args, res.returncode, time.monotonic() - t0, out, label=label, check=check, tail=tail)
     return res.returncode, out
+
+
+@dataclasses.dataclass
+class TimedRun:
+    rc: int
+    out: str
+    lines: list  # (seconds since the start, line) as each line arrived
+    wall: float  # seconds from starting ansible-playbook to its exit
+
+
+def run_play_timed(env, name, *args, label="", check=True, tail=6000, vars_file="fixture-vars.yml"):
+    """run_play, reading the output (stdout and stderr together) line by line as it comes, so that a test can
+    tell the lines printed while a task ran from those printed when it ended, and the play's wall time."""
+    t0 = time.monotonic()
+    proc = subprocess.Popen(_play_cmd(name, args, vars_file), cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    lines = [(time.monotonic() - t0, line.rstrip("\n")) for line in proc.stdout]
+    rc = proc.wait()
+    wall = time.monotonic() - t0
+    out = "\n".join(line for _t, line in lines)
+    _played(name, args, rc, wall, out, label=label, check=check, tail=tail)
+    return TimedRun(rc, out, lines, wall)
+
+
+def task_lines(run, task):
+    """The (time, line) pairs of the task whose banner starts with `TASK [<task>`, banner and result included."""
+    start = next((i for i, (_t, line) in enumerate(run.lines) if line.startswith(f"TASK [{task}")), None)
+    assert start is not None, f"no task {task!r} in the output:\n{run.out[-3000:]}"
+    end = next((i for i in range(start + 1, len(run.lines)) if run.lines[i][1].startswith(("TASK [", "RUNNING HANDLER [", "PLAY "))),
+               len(run.lines))
+    return run.lines[start:end]
+
+
+DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?([\d.]+)s$")
+
+
+def seconds(text):
+    """'1h02m03s', '5m02.1s', '12.3s' -> seconds."""
+    m = DURATION.match(text)
+    assert m, text
+    return int(m.group(1) or 0) * 3600 + int(m.group(2) or 0) * 60 + float(m.group(3))
+
+
+def timeline(out, header="Timeline of this run"):
+    """The timeline a summary (or status.yml) printed: ([(phase, seconds, what), ...], total seconds)."""
+    at = out.rfind(header)
+    assert at >= 0, f"no {header!r} in the output:\n{out[-3000:]}"
+    phases = []
+    for line in out[at:].splitlines()[1:]:
+        m = re.match(r"^\s+(\S.*?)\s{2,}(\S+s)(?:\s{2}(\S.*))?$", line)
+        assert m, f"the timeline ends without a total: {line!r}"
+        if m.group(1) == "total":
+            return phases, seconds(m.group(2))
+        phases.append((m.group(1), seconds(m.group(2)), m.group(3) or ""))
+    raise AssertionError("the timeline ends without a total")
 
 
 def recap_changed(out):
