@@ -7,6 +7,10 @@
    runs it), wget (one connection per file, one file after the other) and aria2c -x 8 -s 8.
 2. No-op re-run: 50 declared models x 20 MB already present and verified, through ansible-playbook on
    localhost (connection local): one model_sync task vs a loop of ansible.builtin.get_url with checksum.
+3. The files of 1 through the models role, as provision.yml runs it (ansible-playbook on localhost, the
+   project's ansible.cfg): in the background with its progress lines on the terminal, and the run's
+   timeline (plugins/callback/sdcloud_timeline.py); the models phase next to the module alone of 1. Once
+   at the rate of 1, once at --role-rate-mib (default 1 MiB/s), slow enough for several polls of progress.
 
 Run:  .venv/bin/python bench/model_sync_bench.py          (about 2 minutes)
 Needs wget and aria2c on PATH (Debian: apt-get install -y wget aria2); missing tools are skipped.
@@ -209,12 +213,56 @@ def bench_noop(tmp, count, size_mb):
     return times
 
 
+PLAY_ROLE = """
+- name: The models role, as provision.yml runs it
+  hosts: all
+  gather_facts: false
+  roles:
+    - role: models
+      models_dir: "{{ dir }}"
+      models_list: "{{ wanted }}"
+  tasks:
+    - name: Keep the timeline
+      ansible.builtin.copy:
+        content: "{{ lookup('ansible.builtin.env', 'SDCLOUD_TIMELINE') }}"
+        dest: "{{ timeline }}"
+        mode: "0600"
+"""
+
+
+def bench_role(tmp, rate, total_mb):
+    unit = total_mb * MIB // 20
+    tmp = tmp / f"role-{rate}"
+    tmp.mkdir()
+    src = tmp / "role-src"
+    src.mkdir()
+    files = make_files(src, [10 * unit, 3 * unit, 3 * unit, unit, unit, unit, unit], "role")
+    server, base = start_server(src, rate, tmp)
+    inv = tmp / "role-inventory.ini"
+    inv.write_text(f"localhost ansible_connection=local ansible_python_interpreter={PY}\n")
+    wanted = [{"name": n, "kind": "checkpoints", "source": f"{base}/{n}", "sha256": d} for n, d in files.items()]
+    (tmp / "role.json").write_text(json.dumps({"dir": str(tmp / "role-models"), "wanted": wanted, "timeline": str(tmp / "timeline.json")}))
+    (tmp / "role.yml").write_text(PLAY_ROLE)
+    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_NOCOLOR="1", ANSIBLE_INVENTORY_ENABLED="ini")
+    env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
+    cmd = [str(BIN / "ansible-playbook"), "-i", str(inv), "-e", f"@{tmp / 'role.json'}", str(tmp / "role.yml")]
+    try:
+        took, proc = timed(cmd, env=env, cwd=ROOT)
+    finally:
+        server.terminate()
+        server.wait()
+    verify(tmp / "role-models" / "checkpoints", files)
+    progress = [line for line in proc.stdout.splitlines() if line.startswith("[localhost] ")]
+    return took, progress, json.loads((tmp / "timeline.json").read_text())
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rate-mib", type=float, default=4.0, help="per-connection limit, MiB/s (default 4)")
     parser.add_argument("--total-mb", type=int, default=200, help="throughput data set, MiB (default 200)")
     parser.add_argument("--noop-count", type=int, default=50)
     parser.add_argument("--noop-size-mb", type=int, default=20)
+    parser.add_argument("--role-rate-mib", type=float, default=1.0, help="per-connection limit for the second run of 3)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="model_sync_bench-") as tmpdir:
         tmp = pathlib.Path(tmpdir)
@@ -244,6 +292,20 @@ def main():
             f"ratio get_url / model_sync: {get_url / ours:.1f}x wall clock, "
             f"{(get_url - base) / max(ours - base, 1e-3):.1f}x without ansible-playbook start-up"
         )
+
+        module = next(t for label, t, _ in rows if label.startswith("model_sync"))
+        print("\n3) The files of 1) through the models role (ansible-playbook, connection local, the project's ansible.cfg)")
+        for rate in (args.rate_mib, args.role_rate_mib):
+            took, progress, timeline = bench_role(tmp, int(rate * MIB), args.total_mb)
+            models = next(p["seconds"] for p in timeline["phases"] if p["name"] == "models")
+            print(f"{rate:g} MiB/s per connection: {took:.1f} s wall clock, {len(progress)} progress lines; the timeline:")
+            for line in timeline["lines"]:
+                print(f"   {line}")
+            if rate == args.rate_mib:
+                print(f"   the models phase (its 12 tasks: plan, background start, polls, report) {models:.1f} s, "
+                      f"the module alone in 1) {module:.1f} s")
+            for line in progress[:4] + (["..."] if len(progress) > 8 else []) + progress[max(4, len(progress) - 4):]:
+                print(f"   {line}")
 
 
 if __name__ == "__main__":
