@@ -43,6 +43,12 @@ def _played(name, args, rc, took, out, *, label, check, tail):
         pytest.fail(f"{name} failed (rc={rc}):\n{out[-tail:]}")
 
 
+def machines(env):
+    """{name: machine} of the local machines and test hosts on env's bridge (`sdcloud-testhost list`)."""
+    out = subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True, text=True, check=True)
+    return {m["name"]: m for m in json.loads(out.stdout)}
+
+
 def run_play(env, name, *args, label="", check=True, tail=6000, vars_file="fixture-vars.yml"):
     """ansible-playbook playbooks/<name> with the test settings `vars_file` (tests/e2e/), as a user runs it.
     Returns (rc, output); with check, a non-zero rc fails the test showing the output's tail."""

@@ -42,8 +42,7 @@ def env(tmp_path_factory):
 
 
 def machines(env):
-    out = subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True, text=True, check=True)
-    return [m["name"] for m in json.loads(out.stdout)]
+    return list(e2e_util.machines(env))
 
 
 def refused(env, needle, *args, **env_extra):
@@ -107,8 +106,7 @@ def test_a_first_provision_that_fails_leaves_the_firewall_up(env):
     try:
         rc, out = e2e_util.run_play(env, "provision.yml", "-e", json.dumps(xv), check=False)
         assert rc != 0 and "crash-looped" in out, out[-3000:]
-        (m,) = json.loads(subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True,
-                                         text=True, check=True).stdout)
+        (m,) = e2e_util.machines(env).values()
         ruleset = subprocess.run(["ssh", "-i", key_path, "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                                   "-o", "LogLevel=ERROR", "root@" + m["address"], "nft list ruleset"],
                                  capture_output=True, text=True, timeout=60, check=True).stdout

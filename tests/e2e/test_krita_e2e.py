@@ -44,7 +44,7 @@ CACHE = pathlib.Path(os.environ.get("SDCLOUD_CACHE_DIR") or "/var/cache/sdcloud"
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
 import e2e_util  # noqa: E402
-from e2e_util import run_play  # noqa: E402
+from e2e_util import machines, run_play  # noqa: E402
 
 pytestmark = [
     pytest.mark.testhost,
@@ -128,11 +128,6 @@ def ssh(env, ip, command, *, user="root", key=None, timeout=120, stdin=""):
                           f"{user}@{ip}", command], input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     assert res.returncode == 0, f"{command}: rc={res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
     return res.stdout.strip()
-
-
-def machines(env):
-    out = subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True, text=True, check=True)
-    return {m["name"]: m for m in json.loads(out.stdout)}
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,7 @@ GATEWAY = f"10.87.{NET}.1"
 sys.path.insert(0, str(ROOT / "tests" / "standins"))
 
 import e2e_util  # noqa: E402
-from e2e_util import recap_changed, run_play, run_play_timed, task_lines, timeline  # noqa: E402
+from e2e_util import machines, recap_changed, run_play, run_play_timed, task_lines, timeline  # noqa: E402
 from model_server import ModelServer  # noqa: E402
 
 pytestmark = [
@@ -122,11 +122,6 @@ def progress_while_running(run, task, pattern):
     assert matching[0][0] <= end - 4, f"{task}: the first progress line came only {end - matching[0][0]:.1f}s before its end"
     assert [t for t, _l in shown] == sorted(t for t, _l in shown)
     return [line for _t, line in shown]
-
-
-def machines(env):
-    out = subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "list"], env=env, capture_output=True, text=True, check=True)
-    return {m["name"]: m for m in json.loads(out.stdout)}
 
 
 def ssh(env, ip, command):
