@@ -15,7 +15,8 @@ description:
     C(provider_<provider>), C(state_<state>) (stopped machines land in C(state_stopped) instead of breaking
     the listing), C(deployment_<name>), C(gpu_<gpu>).
   - Sets C(sdcloud_name) (the deployment) on the C(all) group, so playbooks and C(localhost) read it from here,
-    and C(sdcloud_inventory_providers), C(sdcloud_inventory_gcp_project), C(sdcloud_inventory_aws_regions)
+    and C(sdcloud_inventory_deployment) (the same, which C(-e sdcloud_name) cannot change: the preflight refuses
+    a deployment the inventory does not group), C(sdcloud_inventory_providers), C(sdcloud_inventory_gcp_project), C(sdcloud_inventory_aws_regions)
     (what this inventory lists), so the preflight can check that it lists the provider the playbooks use,
     and C(sdcloud_known_hosts_file) (see I(known_hosts_file)).
   - Cloud hosts (GCP, AWS) get C(ansible_ssh_private_key_file) set to C({{ sdcloud_ssh_key_path }}) (the
@@ -299,6 +300,7 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
         inv.add_group("sdcloud_machines")
         inv.add_group("sdcloud_target")
         inv.set_variable("all", "sdcloud_name", deployment)
+        inv.set_variable("all", "sdcloud_inventory_deployment", deployment)  # what -e sdcloud_name cannot change
         inv.set_variable("all", "sdcloud_inventory_providers", self._providers())
         inv.set_variable("all", "sdcloud_inventory_gcp_project", self.get_option("gcp_project") or "")
         inv.set_variable("all", "sdcloud_inventory_aws_regions", self._aws_regions())
