@@ -15,7 +15,7 @@ description:
     C(provider_<provider>), C(state_<state>) (stopped machines land in C(state_stopped) instead of breaking
     the listing), C(deployment_<name>), C(gpu_<gpu>).
   - Sets C(sdcloud_name) (the deployment) on the C(all) group, so playbooks and C(localhost) read it from here,
-    and C(sdcloud_inventory_deployment) (the same, which C(-e sdcloud_name) cannot change: the preflight refuses
+    and C(sdcloud_inventory_deployment) (the same, which C(-e sdcloud_name) cannot change, so the preflight refuses
     a deployment the inventory does not group), C(sdcloud_inventory_providers), C(sdcloud_inventory_gcp_project), C(sdcloud_inventory_aws_regions)
     (what this inventory lists), so the preflight can check that it lists the provider the playbooks use,
     and C(sdcloud_known_hosts_file) (see I(known_hosts_file)).
