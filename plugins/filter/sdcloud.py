@@ -78,6 +78,39 @@ def sdcloud_tcp_rules(ports, sources):
     return [{"port": int(p), "proto": "tcp", "sources": list(sources or [])} for p in ports or []]
 
 
+def sdcloud_port_problems(ports, ssh_port=22, unprivileged=()):
+    """What is wrong with a {setting: port} mapping, one message per problem naming the setting(s): not a
+    whole number in 1-65535, the SSH port, below 1024 for a setting in `unprivileged` (the UIs run as
+    their own users, who cannot bind those), or the same port as another setting. [] when all is well."""
+    problems, seen = [], {}
+    for name, value in (ports or {}).items():
+        text = str(value).strip()
+        port = int(text) if text.isdigit() else None
+        if port is None or not 1 <= port <= 65535:
+            problems.append(f"{name} is {value!r}: give a TCP port, a whole number from 1 to 65535")
+            continue
+        if port == int(ssh_port):
+            problems.append(f"{name} is {port}, the SSH port: choose another port")
+            continue
+        if name in unprivileged and port < 1024:
+            problems.append(f"{name} is {port}: the UI runs as its own user, which cannot listen below 1024; "
+                            f"choose a port from 1024 to 65535")
+            continue
+        if port in seen:
+            problems.append(f"{name} and {seen[port]} are both {port}: give each its own port")
+            continue
+        seen[port] = name
+    return problems
+
+
+def sdcloud_https_url(port, host):
+    """https://<host>[:<port>] (no port for 443; an IPv6 address in brackets), no trailing slash."""
+    host = str(host)
+    if ":" in host and not host.startswith("["):
+        host = f"[{host}]"
+    return f"https://{host}" if int(port) == 443 else f"https://{host}:{int(port)}"
+
+
 def sdcloud_gpu_names(provider=None):
     """Neutral GPU names in the catalog (only those `provider` rents, when given)."""
     return catalog.gpu_names(provider or None)
@@ -173,6 +206,8 @@ class FilterModule:
             "sdcloud_host_cidr": sdcloud_host_cidr,
             "sdcloud_cidrs_containing": sdcloud_cidrs_containing,
             "sdcloud_tcp_rules": sdcloud_tcp_rules,
+            "sdcloud_port_problems": sdcloud_port_problems,
+            "sdcloud_https_url": sdcloud_https_url,
             "sdcloud_gpu_names": sdcloud_gpu_names,
             "sdcloud_gpu_offer": sdcloud_gpu_offer,
             "sdcloud_bad_zones": sdcloud_bad_zones,

@@ -5,7 +5,9 @@ import pytest
 from plugins.filter.sdcloud import (
     sdcloud_cidrs_containing,
     sdcloud_host_cidr,
+    sdcloud_https_url,
     sdcloud_invalid_cidrs,
+    sdcloud_port_problems,
     sdcloud_tcp_rules,
 )
 
@@ -31,3 +33,23 @@ def test_host_cidr_and_invalid_cidrs():
     with pytest.raises(Exception, match="is not an IP address"):
         sdcloud_host_cidr("<html>")
     assert sdcloud_invalid_cidrs(["10.0.0.1/8", "10.0.0.0/8"]) == ["10.0.0.1/8"]
+
+
+def test_port_problems_name_the_setting():
+    ok = {"ui": 8188, "other_ui": "7860", "https": 443}
+    assert sdcloud_port_problems(ok, unprivileged=["ui", "other_ui"]) == []
+    problems = sdcloud_port_problems(
+        {"ui": 80, "other_ui": 70000, "https": 22, "https2": "x", "a": 9000, "b": 9000}, unprivileged=["ui"])
+    assert problems == [
+        "ui is 80: the UI runs as its own user, which cannot listen below 1024; choose a port from 1024 to 65535",
+        "other_ui is 70000: give a TCP port, a whole number from 1 to 65535",
+        "https is 22, the SSH port: choose another port",
+        "https2 is 'x': give a TCP port, a whole number from 1 to 65535",
+        "b and a are both 9000: give each its own port",
+    ]
+
+
+def test_https_url():
+    assert sdcloud_https_url(443, "203.0.113.7") == "https://203.0.113.7"
+    assert sdcloud_https_url("7443", "203.0.113.7") == "https://203.0.113.7:7443"
+    assert sdcloud_https_url(8443, "2001:db8::1") == "https://[2001:db8::1]:8443"
