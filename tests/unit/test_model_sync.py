@@ -13,7 +13,7 @@ import time
 from unittest import mock
 
 import pytest
-from ansible.module_utils.sdcloud import download
+from ansible.module_utils.sdcloud import download, model_state, transfer
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "standins"))
@@ -74,7 +74,7 @@ def base(tmp_path):
 @pytest.fixture(autouse=True)
 def small_pieces(monkeypatch):
     """Let small test files be split into many ranges (production: 1 MiB pieces)."""
-    monkeypatch.setattr(download, "MIN_PIECE", 64 * KB)
+    monkeypatch.setattr(transfer, "MIN_PIECE", 64 * KB)
 
 
 def model(name, kind, source, data=None, **extra):
@@ -340,7 +340,7 @@ def test_noop_rerun_makes_no_request_and_hashes_nothing(server, base, three):
     failed, res = run({**base, "models": models})
     assert not failed and res["changed"] is True
     server.clear()
-    with mock.patch.object(download, "sha256_file", side_effect=AssertionError("re-hashed")):
+    with mock.patch.object(model_state, "sha256_file", side_effect=AssertionError("re-hashed")):
         for check in (True, False):
             failed, res = run({**base, "models": models}, check=check, diff=True)
             assert not failed, res
@@ -539,7 +539,7 @@ def test_log_has_a_line_for_all_files_and_the_plan_says_what_is_pending(slow_ser
 
 
 def test_a_large_file_says_it_is_being_verified(server, base, tmp_path, monkeypatch):
-    monkeypatch.setattr(download, "VERIFY_NOTE", 100 * KB)
+    monkeypatch.setattr(transfer, "VERIFY_NOTE", 100 * KB)
     data = blob("verify-note", 200 * KB)
     failed, res = run({**base, "models": [model("v.safetensors", "vae", server.add("/verify-note.safetensors", data), data)]})
     assert not failed, res
