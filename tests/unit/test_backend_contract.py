@@ -198,6 +198,18 @@ def test_machine_json_becomes_an_instance_in_one_place():
         "name": "sd", "provider": "local", "id": "ab12", "zone": "local", "region": "local", "state": "running",
         "gpu": None, "machine_type": "systemd-nspawn", "spot": False, "public_ip": "10.87.0.10",
         "private_ip": "10.87.0.10", "labels": {"sdcloud-deployment": "sd"}, "created": "2026-01-01T00:00:00Z",
-        "hourly_price": 0.0, "ssh_user": "root", "image": "debian-12", "disk_size_gb": None}
+        "hourly_price": 0.0, "ssh_user": "root", "image": "debian-12", "disk_size_gb": None,
+        "ssh_port": None, "ports": None, "disk_monthly_cost": None, "bandwidth_price_gb": None}
     absent = local_instance("gone", {"state": "absent"})
     assert (absent.state, absent.id, absent.public_ip) == ("absent", "", None)
+
+
+@pytest.mark.parametrize(("provider", "cls"), [("runpod", "RunpodBackend"), ("vastai", "VastBackend")])
+def test_a_pod_provider_writes_only_hooks_and_is_built_from_params(provider, cls, monkeypatch):
+    """The pod marketplaces are Backends with nothing abstract left, built by backend_from_params from the key
+    in their provider's environment variable."""
+    monkeypatch.setenv({"runpod": "RUNPOD_API_KEY", "vastai": "VAST_API_KEY"}[provider], "k")
+    backend = base.backend_from_params({"provider": provider, "zones": []})
+    assert type(backend).__name__ == cls and not type(backend).__abstractmethods__
+    assert backend.has_firewall is False and backend.spot_supported is (provider == "vastai")
+    assert backend.placement_zones(spec([])) == ["any"]  # no zones: the provider places it anywhere

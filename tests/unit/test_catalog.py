@@ -15,6 +15,12 @@ from ansible.module_utils.sdcloud.base import SdcloudError
     ("aws", "nvidia-l4", "g6.xlarge", None),
     ("aws", "nvidia-a100", "p4d.24xlarge", None),
     ("aws", "nvidia-h100", "p5.48xlarge", None),
+    ("runpod", "nvidia-rtx-4090", "NVIDIA GeForce RTX 4090", None),
+    ("runpod", "nvidia-rtx-a5000", "NVIDIA RTX A5000", None),
+    ("runpod", "nvidia-h100", "NVIDIA H100 80GB HBM3", None),
+    ("vastai", "nvidia-rtx-3090", "RTX 3090", None),
+    ("vastai", "nvidia-rtx-a6000", "RTX A6000", None),
+    ("vastai", "nvidia-l40s", "L40S", None),
 ])
 def test_mapping(provider, gpu, machine_type, accelerator):
     offer = catalog.offering(provider, gpu)
@@ -32,13 +38,29 @@ def test_prices_from_landscape_snapshot():
     assert catalog.hourly_price("gcp", "nvidia-l4", spot=False) == 0.71
     for offers in catalog.GPUS.values():
         for o in offers.values():
-            assert 0 < o.spot_hourly < o.on_demand_hourly, o
+            if o.provider == "runpod":  # RunPod rents no spot: the on-demand price, whatever is asked
+                assert o.spot_hourly is None and o.hourly(True) == o.on_demand_hourly > 0, o
+            else:
+                assert 0 < o.spot_hourly < o.on_demand_hourly, o
+
+
+def test_pods_rent_the_consumer_and_workstation_gpus():
+    pod_gpus = {"nvidia-rtx-3090", "nvidia-rtx-4090", "nvidia-rtx-5090", "nvidia-rtx-a4000", "nvidia-rtx-a5000",
+                "nvidia-rtx-a6000", "nvidia-l4", "nvidia-l40s", "nvidia-a100-80gb", "nvidia-h100"}
+    assert set(catalog.gpu_names("runpod")) == set(catalog.gpu_names("vastai")) == pod_gpus
+    ids = [catalog.offering("runpod", g).machine_type for g in pod_gpus]
+    assert all(i.startswith("NVIDIA ") for i in ids) and len(set(ids)) == len(ids)  # RunPod gpu.id spelling
+    assert catalog.find_offering("vastai", "RTX 4090").gpu == "nvidia-rtx-4090"
+    assert catalog.disk_monthly_price("runpod", 100, "volume") == 20.0  # $0.20/GB-month while stopped
+    with pytest.raises(SdcloudError) as err:
+        catalog.offering("aws", "nvidia-rtx-4090")
+    assert "only on runpod, vastai" in err.value.msg
 
 
 def test_unknown_gpu_lists_valid_names():
     with pytest.raises(SdcloudError) as err:
-        catalog.offering("aws", "nvidia-rtx-4090")
-    assert "unknown GPU 'nvidia-rtx-4090'" in err.value.msg
+        catalog.offering("aws", "nvidia-gtx-1080")
+    assert "unknown GPU 'nvidia-gtx-1080'" in err.value.msg
     for name in ("nvidia-t4", "nvidia-l4", "nvidia-a10g", "nvidia-a100", "nvidia-a100-80gb", "nvidia-h100"):
         assert name in err.value.msg
 

@@ -3,8 +3,9 @@
 Modules (gpu_instance, cloud_firewall) and the inventory plugin talk to a backend only
 through this interface, so GCP and AWS differ in one place each (gcp.py, aws.py).
 
-Backends: `sdcloud.aws.AwsBackend` and `sdcloud.gcp.GcpBackend`, both subclasses of `Backend`
-below; modules get one with `backend_from_params(params)`.
+Backends: `sdcloud.aws.AwsBackend`, `sdcloud.gcp.GcpBackend`, and the GPU-pod marketplaces
+`sdcloud.runpod.RunpodBackend` and `sdcloud.vastai.VastBackend` (their shared part in `sdcloud.pods`), all
+subclasses of `Backend` below; modules get one with `backend_from_params(params)`.
 
 Placement (creating an instance somewhere in a zone preference list) is written once, here:
 `Backend.create_instance` walks the zones - spot first, then on-demand when asked; a zone that does not
@@ -52,7 +53,7 @@ class Instance:
     """What every backend returns for an instance (also the module's RETURN shape)."""
 
     name: str
-    provider: str  # gcp | aws | local | static
+    provider: str  # gcp | aws | runpod | vastai | local | static
     id: str
     zone: str
     region: str
@@ -68,6 +69,11 @@ class Instance:
     ssh_user: str | None = None
     image: str | None = None
     disk_size_gb: int | None = None  # boot disk size, for the "stopped still costs" message
+    # Pods (runpod, vastai) only; None elsewhere. SSH and the UIs are reached on ports the provider maps.
+    ssh_port: int | None = None  # the public port mapped to the pod's 22/tcp (None: 22, as on VMs)
+    ports: dict | None = None  # container port (str) -> {"ip", "port", "type", "url"} as the provider maps it
+    disk_monthly_cost: float | None = None  # USD/month the disk bills while stopped, when the provider prices it
+    bandwidth_price_gb: float | None = None  # USD per GB downloaded, when the provider bills traffic (vast)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -308,7 +314,9 @@ class Backend(abc.ABC):
     - resources created carry managed_labels(spec.name, spec.labels).
     """
 
-    provider: str = ""  # "gcp" | "aws"
+    provider: str = ""  # "gcp" | "aws" | "runpod" | "vastai"
+    has_firewall = True  # False: no firewall resource exists (pods); cloud_firewall says so, calls nothing
+    spot_supported = True  # False: the provider rents no spot capacity (RunPod); gpu_instance warns, goes on-demand
 
     @classmethod
     @abc.abstractmethod
@@ -530,8 +538,12 @@ def backend_from_params(params: dict) -> Backend:
         from ansible.module_utils.sdcloud.aws import AwsBackend as cls  # noqa: PLC0415 - load only the SDK in use
     elif provider == "gcp":
         from ansible.module_utils.sdcloud.gcp import GcpBackend as cls  # noqa: PLC0415 - load only the SDK in use
+    elif provider == "runpod":
+        from ansible.module_utils.sdcloud.runpod import RunpodBackend as cls  # noqa: PLC0415 - load what is used
+    elif provider == "vastai":
+        from ansible.module_utils.sdcloud.vastai import VastBackend as cls  # noqa: PLC0415 - load what is used
     else:
-        raise SdcloudError(f"unknown provider {provider!r}: use gcp or aws")
+        raise SdcloudError(f"unknown provider {provider!r}: use gcp, aws, runpod or vastai")
     return cls.from_params(params)
 
 

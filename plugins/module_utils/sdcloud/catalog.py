@@ -19,6 +19,24 @@ Sources (snapshot taken 2025-06, figures rounded to the cent):
   https://cloud.google.com/compute/disks-image-pricing (pd-balanced $0.10/GB-month, us-central1).
 - AWS quota codes: Service Quotas console, service "Amazon Elastic Compute Cloud (Amazon EC2)";
   GCP quota metrics: https://cloud.google.com/compute/resource-usage#gpu_quota.
+
+GPU pods (RunPod, vast.ai) are rented per GPU on a marketplace: the machine_type of their offerings is the
+provider's own GPU name (RunPod's gpu.id / gpuTypeIds, e.g. "NVIDIA GeForce RTX 4090", from
+runpod/docs references/gpu-types.mdx; vast's gpu_name, e.g. "RTX 4090", as its offers carry it), vCPUs
+and memory vary by host (0 below: unknown until an offer is chosen), and prices move daily. The prices
+here are only what the check-mode plan shows; a created pod reports the price of its offer (RunPod: the
+pod's `cost`; vast: the instance's `dph_total`, plus the host's per-GB bandwidth and storage prices).
+- RunPod: Secure Cloud list price per GPU-hour, rounded, from the March 2026 snapshot in
+  https://deploybase.ai/articles/runpod-gpu-pricing ("On-Demand" column) and the v2 catalog's example
+  (RTX 4090 secure $0.44); A4000/A5000/A6000 from RunPod's serverless price groups
+  (https://docs.runpod.io/serverless/pricing) scaled to a pod hour. No spot: RunPod removed
+  interruptible pods in 2026 (runpod/docs commit 8e5aebdb; runpodctl PR #267), so spot_hourly is None.
+  Disk: the volume at /workspace bills $0.10/GB-month running and $0.20/GB-month stopped
+  (https://docs.runpod.io/pods/pricing).
+- vast.ai: typical on-demand and interruptible (bid) prices per GPU-hour of verified hosts, rounded;
+  they vary by host far more than anywhere else. Disk: hosts set their own storage price; $0.15/GB-month
+  is a typical value (https://docs.vast.ai/guides/instances/pricing) used only when an instance does not
+  report its own.
 """
 
 from __future__ import annotations
@@ -28,8 +46,9 @@ import dataclasses
 from ansible.module_utils.sdcloud.base import SdcloudError
 
 PRICES_AS_OF = "2025-06"
-PRICE_REGION = {"gcp": "us-central1", "aws": "us-east-1"}
-PROVIDERS = ("gcp", "aws")
+PRICE_REGION = {"gcp": "us-central1", "aws": "us-east-1", "runpod": "Secure Cloud", "vastai": "verified hosts"}
+PROVIDERS = ("gcp", "aws", "runpod", "vastai")
+POD_PROVIDERS = ("runpod", "vastai")  # GPU-pod marketplaces: containers, per-GPU offers, no spot on RunPod
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,14 +63,14 @@ class Offering:
     memory_gb: float
     gpu_memory_gb: int
     on_demand_hourly: float
-    spot_hourly: float
+    spot_hourly: float | None  # None: the provider rents no spot capacity (RunPod)
     accelerator_type: str | None = None  # GCP guest accelerator to attach (N1 + T4); None when bundled
     quota: str | None = None  # AWS: instance family quota group "G" | "P"; GCP: quota metric suffix
     disk_type: str = ""  # boot disk type to use
     spot_stop: bool = True  # spot instance can be stopped (not deleted) on preemption, keeping the disk
 
     def hourly(self, spot: bool) -> float:
-        return self.spot_hourly if spot else self.on_demand_hourly
+        return self.spot_hourly if spot and self.spot_hourly is not None else self.on_demand_hourly
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -63,6 +82,11 @@ def _aws(gpu, itype, count, vcpus, mem, gmem, od, spot, quota):  # noqa: PLR0917
 
 def _gcp(gpu, mtype, count, vcpus, mem, gmem, od, spot, accel, quota, disk="pd-balanced"):  # noqa: PLR0917 - one row
     return Offering("gcp", gpu, mtype, count, vcpus, mem, gmem, od, spot, accel, quota, disk)
+
+
+def _pod(provider, gpu, gpu_id, gmem, od, spot):  # noqa: PLR0917 - one table row
+    """One GPU of a pod marketplace: vCPUs/memory vary by host (0: unknown until an offer is chosen)."""
+    return Offering(provider, gpu, gpu_id, 1, 0, 0, gmem, od, spot, None, None, "volume", spot_stop=True)
 
 
 # Neutral name -> {provider: Offering}. A name missing for a provider means that cloud does not
@@ -83,6 +107,28 @@ _OFFERINGS = [
     _aws("nvidia-a100", "p4d.24xlarge", 8, 96, 1152, 40, 21.96, 9.50, "P"),
     _aws("nvidia-a100-80gb", "p4de.24xlarge", 8, 96, 1152, 80, 27.45, 12.00, "P"),
     _aws("nvidia-h100", "p5.48xlarge", 8, 192, 2048, 80, 55.04, 25.00, "P"),
+    # --- RunPod (Secure Cloud, per GPU; no spot) --- machine_type: the gpu.id the v2 API takes.
+    _pod("runpod", "nvidia-rtx-3090", "NVIDIA GeForce RTX 3090", 24, 0.43, None),
+    _pod("runpod", "nvidia-rtx-4090", "NVIDIA GeForce RTX 4090", 24, 0.59, None),
+    _pod("runpod", "nvidia-rtx-5090", "NVIDIA GeForce RTX 5090", 32, 0.89, None),
+    _pod("runpod", "nvidia-rtx-a4000", "NVIDIA RTX A4000", 16, 0.25, None),
+    _pod("runpod", "nvidia-rtx-a5000", "NVIDIA RTX A5000", 24, 0.27, None),
+    _pod("runpod", "nvidia-rtx-a6000", "NVIDIA RTX A6000", 48, 0.49, None),
+    _pod("runpod", "nvidia-l4", "NVIDIA L4", 24, 0.43, None),
+    _pod("runpod", "nvidia-l40s", "NVIDIA L40S", 48, 0.86, None),
+    _pod("runpod", "nvidia-a100-80gb", "NVIDIA A100 80GB PCIe", 80, 1.64, None),
+    _pod("runpod", "nvidia-h100", "NVIDIA H100 80GB HBM3", 80, 2.99, None),
+    # --- vast.ai (verified hosts, per GPU; spot = interruptible bid) --- machine_type: the offer's gpu_name.
+    _pod("vastai", "nvidia-rtx-3090", "RTX 3090", 24, 0.22, 0.12),
+    _pod("vastai", "nvidia-rtx-4090", "RTX 4090", 24, 0.40, 0.25),
+    _pod("vastai", "nvidia-rtx-5090", "RTX 5090", 32, 0.70, 0.45),
+    _pod("vastai", "nvidia-rtx-a4000", "RTX A4000", 16, 0.15, 0.08),
+    _pod("vastai", "nvidia-rtx-a5000", "RTX A5000", 24, 0.25, 0.14),
+    _pod("vastai", "nvidia-rtx-a6000", "RTX A6000", 48, 0.45, 0.28),
+    _pod("vastai", "nvidia-l4", "L4", 24, 0.35, 0.20),
+    _pod("vastai", "nvidia-l40s", "L40S", 48, 0.75, 0.45),
+    _pod("vastai", "nvidia-a100-80gb", "A100 SXM4", 80, 1.20, 0.70),
+    _pod("vastai", "nvidia-h100", "H100 SXM", 80, 2.00, 1.30),
 ]
 
 GPUS: dict = {}
@@ -94,6 +140,9 @@ del _o
 DISK_GB_MONTH = {
     "aws": {"gp3": 0.08, "gp2": 0.10},
     "gcp": {"pd-balanced": 0.10, "pd-ssd": 0.17, "pd-standard": 0.04},
+    # pods: what the volume bills while the pod is STOPPED (the case gpu_instance reports)
+    "runpod": {"volume": 0.20},
+    "vastai": {"volume": 0.15},
 }
 
 # AWS Service Quotas (values are vCPUs, per region). Keys: (quota group, spot?).
@@ -177,4 +226,7 @@ def aws_quota(offer: Offering, spot: bool) -> tuple:
 
 
 def price_note(provider: str) -> str:
+    if provider in POD_PROVIDERS:
+        return (f"catalog prices, {PRICE_REGION[provider]}, a snapshot; a created pod reports its offer's price, "
+                "which varies by host and day")
     return f"catalog prices as of {PRICES_AS_OF}, {PRICE_REGION[provider]}; spot prices vary by zone and day"

@@ -8,12 +8,15 @@ from ansible.module_utils.sdcloud.clients import BOTO3_IMPORT_ERROR, GCP_IMPORT_
 
 # Options every cloud module takes (documented in each module, whose `zones` wording differs).
 CLOUD_ARGUMENT_SPEC = {
-    "provider": {"type": "str", "required": True, "choices": ["gcp", "aws"]},
+    "provider": {"type": "str", "required": True, "choices": ["gcp", "aws", "runpod", "vastai"]},
     "zones": {"type": "list", "elements": "str", "default": []},
     "endpoint": {"type": "str"},
     "project": {"type": "str", "fallback": (env_fallback, ["GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT"])},
     "credentials_file": {"type": "path"},
     "profile": {"type": "str", "fallback": (env_fallback, ["AWS_PROFILE"])},
+    # runpod / vastai: unset, RUNPOD_API_KEY / VAST_API_KEY from the environment (read by the backend,
+    # which knows its provider's variable)
+    "api_key": {"type": "str", "no_log": True},
 }
 
 
