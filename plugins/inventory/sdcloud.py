@@ -4,11 +4,13 @@ from __future__ import annotations
 
 DOCUMENTATION = r"""
 name: sdcloud
-short_description: The machines sdcloud manages (local, static, GCP, AWS)
+short_description: The machines sdcloud manages (local, static, GCP, AWS, RunPod, vast.ai)
 description:
   - Lists the machines sdcloud created or was told about, across providers, found by their labels/tags
     (C(sdcloud-managed=true), C(sdcloud-deployment=<name>)) - C(local) machines from this computer's state
-    directory, C(static) hosts from this file, GCP instances (aggregatedList) and AWS instances (tags).
+    directory, C(static) hosts from this file, GCP instances (aggregatedList), AWS instances (tags), and RunPod
+    and vast.ai pods (their name / label C(sdcloud:<deployment>); pods have no labels), with API keys from
+    E(RUNPOD_API_KEY) / E(VAST_API_KEY).
   - Hosts are named after the machine (the deployment name); where several providers or zones list the same
     name, each such host is named C(<name>.<provider>) (then C(.<zone>)), with a warning.
   - Groups C(sdcloud_machines) (all), C(sdcloud_target) (the machines of the deployment named by I(deployment)),
@@ -19,9 +21,10 @@ description:
     a deployment the inventory does not group), C(sdcloud_inventory_providers), C(sdcloud_inventory_gcp_project), C(sdcloud_inventory_aws_regions)
     (what this inventory lists), so the preflight can check that it lists the provider the playbooks use,
     and C(sdcloud_known_hosts_file) (see I(known_hosts_file)).
-  - Cloud hosts (GCP, AWS) get C(ansible_ssh_private_key_file) set to C({{ sdcloud_ssh_key_path }}) (the
-    operator key from group_vars, templated when used) and host key checking per instance - see
-    I(known_hosts_file).
+  - Cloud hosts (GCP, AWS, RunPod, vast.ai) get C(ansible_ssh_private_key_file) set to C({{ sdcloud_ssh_key_path }})
+    (the operator key from group_vars, templated when used) and host key checking per instance - see
+    I(known_hosts_file). Pods also get C(ansible_port), the public port the provider maps to their SSH port
+    (it changes on every start), and C(ansible_user) C(root).
   - A provider that cannot be listed (no credentials, API down, SDK missing) is a warning; the others are
     still listed.
   - Uses a YAML configuration file whose name ends with C(sdcloud.yml) or C(sdcloud.yaml).
@@ -89,6 +92,16 @@ options:
     type: str
     env:
       - name: AWS_ENDPOINT_URL
+  runpod_endpoint:
+    description: RunPod REST API v2 base URL (default C(https://api.runpod.io); a test stand-in).
+    type: str
+    env:
+      - name: SDCLOUD_RUNPOD_ENDPOINT
+  vast_endpoint:
+    description: vast.ai REST API base URL (default C(https://console.vast.ai); a test stand-in).
+    type: str
+    env:
+      - name: SDCLOUD_VAST_ENDPOINT
   known_hosts_file:
     description:
       - Known-hosts file for cloud machines and static hosts. Cloud public IPs change on every start and are
@@ -107,7 +120,7 @@ EXAMPLES = r"""
 # inventory/sdcloud.yml
 plugin: sdcloud
 deployment: sdcloud
-providers: [local, static, gcp, aws]
+providers: [local, static, gcp, aws, runpod, vastai]
 gcp_project: my-project
 aws_regions: [us-east-1, us-west-2]
 static_hosts:
@@ -145,8 +158,8 @@ from ansible.module_utils.sdcloud.base import (  # noqa: E402
 
 display = Display()
 NO_HOSTKEY_CHECK = "-o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o LogLevel=ERROR"
-KNOWN_PROVIDERS = ("local", "static", "gcp", "aws")
-CLOUDS = ("gcp", "aws")
+KNOWN_PROVIDERS = ("local", "static", "gcp", "aws", "runpod", "vastai")
+CLOUDS = ("gcp", "aws", "runpod", "vastai")
 # Cloud hosts: the operator key from group_vars (templated when the connection is made).
 CLOUD_KEY = "{{ sdcloud_ssh_key_path }}"
 
@@ -232,11 +245,21 @@ class InventoryModule(BaseInventoryPlugin, Constructable, Cacheable):
                                "or SDCLOUD_AWS_REGIONS")
         return self._cloud({"provider": "aws", "zones": regions, "endpoint": self.get_option("aws_endpoint")})
 
+    # Pods list the whole account (no zones); the API key comes from RUNPOD_API_KEY / VAST_API_KEY.
+    def _runpod(self):
+        return self._cloud({"provider": "runpod", "endpoint": self.get_option("runpod_endpoint")})
+
+    def _vastai(self):
+        return self._cloud({"provider": "vastai", "endpoint": self.get_option("vast_endpoint")})
+
     def _cloud(self, params):
         return [(i, self._cloud_hostvars(i)) for i in backend_from_params(params).list_instances()]
 
     def _cloud_hostvars(self, inst):
-        return self._host_key_vars(inst)
+        hv = self._host_key_vars(inst)
+        if inst.ssh_port:  # pods: SSH on the port the provider mapped to 22
+            hv["ansible_port"] = inst.ssh_port
+        return hv
 
     def _host_key_vars(self, inst):
         known_hosts = os.path.expanduser(self.get_option("known_hosts_file"))

@@ -13,14 +13,17 @@ description:
   - Opens tcp 22 plus O(ports) from O(source_ranges) only, and removes every other rule, so re-running with the
     operator's new IP address replaces the old one.
   - Labelled / tagged C(sdcloud-managed=true), C(sdcloud-deployment=<name>). Supports check mode and diff mode.
+  - RunPod and vast.ai have no firewall resource (the provider maps only the ports asked for at creation); the
+    module changes nothing and says so in C(msg), with O(firewall) null, so a playbook can call it for every
+    provider.
 version_added: "0.1.0"
 author: sdcloud
 options:
   provider:
-    description: Which cloud.
+    description: Which cloud or pod marketplace.
     type: str
     required: true
-    choices: [gcp, aws]
+    choices: [gcp, aws, runpod, vastai]
   name:
     description: The deployment name.
     type: str
@@ -58,6 +61,9 @@ options:
   endpoint:
     description: API endpoint override; defaults to E(SDCLOUD_GCP_ENDPOINT) (GCP) or E(AWS_ENDPOINT_URL) (AWS).
     type: str
+  api_key:
+    description: RunPod or vast.ai API key; unset, E(RUNPOD_API_KEY) / E(VAST_API_KEY) from the environment. Never logged.
+    type: str
   project:
     description: GCP project id. Required for GCP.
     type: str
@@ -88,7 +94,7 @@ EXAMPLES = r"""
 
 RETURN = r"""
 firewall:
-  description: The rule / security group after the change (null when absent).
+  description: The rule / security group after the change (null when absent, and for pods, which have none).
   returned: always
   type: dict
   contains:
@@ -98,9 +104,13 @@ firewall:
     source_ranges: {description: Allowed CIDRs., type: list, elements: str}
     region: {description: AWS region (null for GCP)., type: str}
 msg:
-  description: What was done.
+  description: What was done (for pods, that there is no firewall and what protects the pod instead).
   returned: always
   type: str
+supported:
+  description: False when the provider has no firewall resource (RunPod, vast.ai); nothing was done then.
+  returned: always
+  type: bool
 """
 
 import ipaddress
@@ -134,8 +144,11 @@ def _view(fw) -> dict:
 
 def ensure(module, backend) -> dict:
     p = module.params
+    if not backend.has_firewall:
+        return {"changed": False, "firewall": None, "supported": False,
+                "msg": backend.no_firewall_reason.format(provider=p["provider"])}
     current = backend.get_firewall(p["name"])
-    result = {"changed": False, "firewall": current.to_dict() if current else None}
+    result = {"changed": False, "firewall": current.to_dict() if current else None, "supported": True}
     before = _view(current)
     if p["state"] == "absent":
         after = {"state": "absent"}

@@ -10,17 +10,18 @@ short_description: List or delete every sdcloud-labelled cloud resource (teardow
 description:
   - Lists every resource labelled / tagged C(sdcloud-managed=true) (and C(sdcloud-deployment=<name>) when
     O(name) is given), instances, disks / EBS volumes, addresses / elastic IPs, firewall rules / security groups,
-    key pairs and (AWS) spot requests.
+    key pairs and (AWS) spot requests. RunPod and vast.ai pods have no labels and no other resources; it lists the
+    pods whose name (RunPod) or label (vast.ai) is C(sdcloud:<name>), each pod with its volume.
   - With O(state=absent) deletes them in dependency order, lists again, and fails if anything is left, naming it.
     It also cleans up after a provisioning run that failed half-way.
 version_added: "0.1.0"
 author: sdcloud
 options:
   provider:
-    description: Which cloud.
+    description: Which cloud or pod marketplace.
     type: str
     required: true
-    choices: [gcp, aws]
+    choices: [gcp, aws, runpod, vastai]
   name:
     description: Deployment name; unset means every sdcloud deployment.
     type: str
@@ -32,12 +33,14 @@ options:
   zones:
     description:
       - Same list as for M(gpu_instance). AWS searches the regions it names (give every region the deployment
-        ever used). GCP backends may search all zones of the project.
+        ever used). GCP backends may search all zones of the project. RunPod and vast.ai list the whole account.
     type: list
     elements: str
     default: []
   endpoint:
-    description: API endpoint override; defaults to E(SDCLOUD_GCP_ENDPOINT) (GCP) or E(AWS_ENDPOINT_URL) (AWS).
+    description:
+      - API endpoint override; defaults to E(SDCLOUD_GCP_ENDPOINT) (GCP), E(AWS_ENDPOINT_URL) (AWS),
+        E(SDCLOUD_RUNPOD_ENDPOINT) (RunPod), E(SDCLOUD_VAST_ENDPOINT) (vast.ai).
     type: str
   project:
     description: GCP project id. Required for GCP.
@@ -47,6 +50,9 @@ options:
     type: path
   profile:
     description: AWS profile name.
+    type: str
+  api_key:
+    description: RunPod or vast.ai API key; unset, E(RUNPOD_API_KEY) / E(VAST_API_KEY) from the environment. Never logged.
     type: str
   wait_timeout:
     description: Seconds to wait for instances to be gone before deleting what they used.

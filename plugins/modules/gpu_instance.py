@@ -1,12 +1,12 @@
 #!/usr/bin/python
-"""Ansible module: one GPU VM per sdcloud deployment on GCP or AWS."""
+"""Ansible module: one GPU VM (GCP, AWS) or GPU pod (RunPod, vast.ai) per sdcloud deployment."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 ---
 module: gpu_instance
-short_description: Create, start, stop or delete the GPU VM of an sdcloud deployment (GCP or AWS)
+short_description: Create, start, stop or delete the GPU VM or pod of an sdcloud deployment
 description:
   - Finds the deployment's instance by its labels/tags (C(sdcloud-managed=true), C(sdcloud-deployment=<name>)),
     compares it with the wanted O(state) and changes only what differs.
@@ -15,31 +15,41 @@ description:
   - Spot instances are created so that preemption stops them and keeps the disk (GCP SPOT with
     instanceTerminationAction STOP; AWS persistent spot request with interruption behaviour stop).
   - Check mode returns the plan and changes nothing. Diff mode returns the state before and after.
+  - RunPod (REST API v2) and vast.ai (REST API v0) rent GPU pods, containers reached over SSH on a port the
+    provider maps. They have no labels, so the deployment is recorded in the pod name (RunPod) or the
+    instance label (vast.ai) as C(sdcloud:<name>). O(zones) are RunPod data center ids (V(US-KS-2)) or vast.ai
+    country codes (V(US), V(DE)); V(any) or none lets the provider choose. RunPod has no spot capacity; with
+    O(spot=true) the module warns once and creates on-demand. vast.ai's spot is an interruptible instance bid
+    at the offer's minimum bid (paused, disk kept, when outbid).
 version_added: "0.1.0"
 author: sdcloud
 options:
   provider:
-    description: Which cloud.
+    description: Which cloud or pod marketplace.
     type: str
     required: true
-    choices: [gcp, aws]
+    choices: [gcp, aws, runpod, vastai]
   name:
-    description: The deployment name. Also the instance name (GCP) / C(Name) tag (AWS).
+    description: The deployment name. Also the instance name (GCP) / C(Name) tag (AWS); pods are named C(sdcloud:<name>).
     type: str
     required: true
   state:
     description:
       - V(present) and V(running) create the instance if missing and start it if stopped, then wait until it runs
         with a public IP.
-      - V(stopped) stops it and keeps its disk (storage is still billed; the result says how much).
-      - V(absent) deletes the instance and its disk, and on AWS the key pair and security group made for it.
+      - V(stopped) stops it and keeps its disk (storage is still billed; the result says how much). A stopped pod
+        keeps its volume but not its GPU; a later start can find that GPU rented by someone else (the error says so).
+      - V(absent) deletes the instance and its disk, and on AWS the key pair and security group made for it; a pod
+        is terminated with its volume.
     type: str
     default: present
     choices: [present, running, stopped, absent]
   gpu:
     description:
       - Neutral GPU name, mapped per cloud by the sdcloud catalog, for example V(nvidia-t4), V(nvidia-l4),
-        V(nvidia-a10g) (AWS only), V(nvidia-l40s) (AWS only), V(nvidia-a100), V(nvidia-a100-80gb), V(nvidia-h100).
+        V(nvidia-a10g) (AWS only), V(nvidia-l40s) (AWS, pods), V(nvidia-a100), V(nvidia-a100-80gb), V(nvidia-h100).
+      - Pods (RunPod, vast.ai) also rent V(nvidia-rtx-3090), V(nvidia-rtx-4090), V(nvidia-rtx-5090),
+        V(nvidia-rtx-a4000), V(nvidia-rtx-a5000), V(nvidia-rtx-a6000).
       - Required to create an instance.
     type: str
   zones:
@@ -48,6 +58,9 @@ options:
       - AWS, regions and/or availability zones; a region (V(us-east-1)) expands to its available zones in
         alphabetical order, an availability zone (V(us-east-1b)) is tried as given.
       - The existing instance is looked up in the regions these name, so keep the list stable for a deployment.
+      - RunPod, data center ids (V(US-KS-2), V(EU-RO-1)), each tried with one create call; a data center the GPU
+        catalog does not list for the GPU is skipped. vast.ai, two-letter country codes. V(any) (or no zones) lets
+        the provider place it anywhere.
     type: list
     elements: str
     default: []
@@ -61,7 +74,7 @@ options:
     default: none
     choices: [none, on-demand]
   disk_size_gb:
-    description: Boot disk size in GB.
+    description: Boot disk size in GB. Pods, the persistent volume (RunPod C(/workspace)) or the container disk (vast.ai).
     type: int
     default: 100
   image:
@@ -74,6 +87,8 @@ options:
         V(ubuntu-22.04), V(ubuntu-24.04), V(debian-12), each the newest image of its family).
       - Default, the Deep Learning image with the NVIDIA driver (AWS Deep Learning Base OSS Nvidia Driver
         GPU AMI (Ubuntu 22.04); GCP Deep Learning VM).
+      - RunPod and vast.ai, a container image with CUDA and an sshd that takes the operator's key (RunPod, from
+        E(PUBLIC_KEY)); default RunPod's C(runpod/pytorch) image, vast.ai's C(vastai/base-image).
       - Mutually exclusive with O(image_family).
     type: str
   image_family:
@@ -90,9 +105,29 @@ options:
     description: OpenSSH public key line to authorize for O(ssh_user) (AWS, imported as key pair C(sdcloud-<name>)).
     type: str
   ssh_user:
-    description: Login user of the image.
+    description: Login user of the image (pods log in as C(root), whatever this says).
     type: str
     default: ubuntu
+  ports:
+    description:
+      - Pods (RunPod, vast.ai), the container ports to expose besides SSH (the UI ports, e.g. V(8188)); they can
+        only be set at creation. RunPod serves them through its HTTPS proxy (C(https://<pod id>-<port>.proxy.runpod.net),
+        public, 100 s timeout); vast.ai maps each to a random public port. Ignored by GCP and AWS.
+    type: list
+    elements: int
+    default: []
+  pod_cloud:
+    description: RunPod, V(SECURE) (RunPod's data centers) or V(COMMUNITY) (community hosts, cheaper).
+    type: str
+    default: SECURE
+    choices: [SECURE, COMMUNITY]
+  max_hourly_price:
+    description: vast.ai, the most USD per hour an offer may cost (offer filter C(dph_total)); unset, no limit.
+    type: float
+  api_key:
+    description:
+      - RunPod or vast.ai API key; unset, E(RUNPOD_API_KEY) / E(VAST_API_KEY) from the environment. Never logged.
+    type: str
   labels:
     description: Extra labels (GCP) / tags (AWS) for every resource created. sdcloud's own keys always win.
     type: dict
@@ -100,7 +135,9 @@ options:
   endpoint:
     description:
       - API endpoint override (a private endpoint, or a local stand-in in tests).
-      - Defaults to E(SDCLOUD_GCP_ENDPOINT) for GCP and E(AWS_ENDPOINT_URL) for AWS when set.
+      - Defaults to E(SDCLOUD_GCP_ENDPOINT) for GCP, E(AWS_ENDPOINT_URL) for AWS, E(SDCLOUD_RUNPOD_ENDPOINT) for
+        RunPod (default C(https://api.runpod.io)) and E(SDCLOUD_VAST_ENDPOINT) for vast.ai (C(https://console.vast.ai))
+        when set.
     type: str
   project:
     description: GCP project id. Required for GCP.
@@ -120,7 +157,7 @@ options:
       - When above 0 and the instance runs, also return the SSH host keys its guest published through the cloud
         API (GCP guest attributes, namespace C(hostkeys)), waiting up to this many seconds for them, so the caller
         can pin them before the first connection; AWS reads the keys cloud-init prints on the serial console
-        (GetConsoleOutput).
+        (GetConsoleOutput). Pods publish none (the result's list is empty, with a warning).
     type: int
     default: 0
 notes:
@@ -129,6 +166,7 @@ notes:
 requirements:
   - boto3 (provider aws)
   - google-cloud-compute (provider gcp)
+  - nothing more for runpod and vastai (their REST APIs are called with the Python standard library)
 """
 
 EXAMPLES = r"""
@@ -155,6 +193,22 @@ EXAMPLES = r"""
     gpu: nvidia-t4
     zones: [us-central1-a, us-central1-b]
 
+- name: Create an RTX 4090 pod on RunPod (on-demand; RunPod has no spot) with ComfyUI's port behind its proxy
+  gpu_instance:
+    provider: runpod
+    name: sd1
+    gpu: nvidia-rtx-4090
+    zones: [EU-RO-1, any]
+    spot: false
+    ports: [8188]
+    disk_size_gb: 100
+    ssh_public_key: "{{ lookup('ansible.builtin.file', '~/.ssh/id_ed25519.pub') }}"
+  register: gpu_instance_pod
+
+- name: Show how to connect (SSH on the mapped port)
+  ansible.builtin.debug:
+    msg: "ssh -p {{ gpu_instance_pod.instance.ssh_port }} root@{{ gpu_instance_pod.instance.public_ip }}"
+
 - name: Stop it, keeping the disk
   gpu_instance:
     provider: aws
@@ -177,8 +231,8 @@ instance:
   type: dict
   contains:
     name: {description: Deployment name., type: str}
-    provider: {description: gcp or aws., type: str}
-    id: {description: Cloud instance id., type: str}
+    provider: {description: "gcp, aws, runpod or vastai.", type: str}
+    id: {description: Cloud instance id (pod id, vast.ai instance id)., type: str}
     zone: {description: Zone it runs in., type: str}
     region: {description: Its region., type: str}
     state: {description: "running, stopped, pending, stopping or terminated.", type: str}
@@ -192,7 +246,23 @@ instance:
     hourly_price: {description: Catalog price in USD per hour (spot or on-demand)., type: float}
     ssh_user: {description: Login user., type: str}
     image: {description: Image it booted from., type: str}
-    disk_size_gb: {description: Boot disk size in GB., type: int}
+    disk_size_gb: {description: Boot disk size in GB (pods, the volume)., type: int}
+    ssh_port:
+      description: Pods, the public port mapped to the pod's SSH port 22 (null on VMs, which listen on 22, and while a pod
+        is not running). It changes on every start.
+      type: int
+    ports:
+      description:
+        - Pods, container port (a string) -> C(ip), C(port) (the public mapping, null until it runs), C(type)
+          (C(tcp)/C(http)) and C(url) (RunPod's HTTPS proxy URL of an http port; vast.ai C(http://ip:port)). Null on VMs.
+      type: dict
+    disk_monthly_cost:
+      description: USD per month the disk bills while stopped, when the provider prices it per instance (RunPod
+        volume $0.20/GB-month stopped; vast.ai the host's own storage price); null on VMs (see O(state=stopped)).
+      type: float
+    bandwidth_price_gb:
+      description: vast.ai, USD per GB downloaded on this host (models are large); null elsewhere.
+      type: float
 attempts:
   description:
     - Every zone considered while creating, in order (spot first, then on-demand with O(spot_fallback)), with
@@ -274,7 +344,7 @@ host_key_alias:
   returned: when host_keys_timeout is above 0 and the instance runs
   type: str
 disk_monthly_cost:
-  description: USD per month the boot disk costs while the instance is stopped (catalog price).
+  description: USD per month the boot disk costs while the instance is stopped (catalog price; pods, the provider's).
   returned: when state is stopped
   type: float
 msg:
@@ -312,6 +382,9 @@ def argument_spec() -> dict:
         "labels": {"type": "dict", "default": {}},
         "wait_timeout": {"type": "int", "default": 600},
         "host_keys_timeout": {"type": "int", "default": 0},
+        "ports": {"type": "list", "elements": "int", "default": []},
+        "pod_cloud": {"type": "str", "default": "SECURE", "choices": ["SECURE", "COMMUNITY"]},
+        "max_hourly_price": {"type": "float"},
     }
 
 
@@ -332,6 +405,8 @@ def _spec(params) -> InstanceSpec:
 
 
 def _disk_cost(provider, inst, disk_size_gb) -> float:
+    if inst.disk_monthly_cost is not None:  # priced by the provider for this instance (pods)
+        return inst.disk_monthly_cost
     size = inst.disk_size_gb or disk_size_gb
     disk_type = None
     if inst.gpu and inst.gpu in catalog.GPUS and provider in catalog.GPUS[inst.gpu]:
@@ -365,6 +440,10 @@ def ensure(module, backend) -> dict:
             if not p["zones"] and provider == "gcp":
                 raise SdcloudError("no zones: set `zones`, e.g. [us-central1-a, us-central1-b]")
             spec = _spec(p)
+            if spec.spot and not backend.spot_supported:
+                module.warn(f"{provider} has no spot capacity: creating an on-demand pod at the on-demand price "
+                            "(set spot: false to silence this)")
+                spec.spot = False
             result["changed"] = True
             if check:
                 plan = backend.plan_create(spec)
@@ -376,8 +455,10 @@ def ensure(module, backend) -> dict:
             else:
                 inst, attempts = backend.create_instance(spec, p["wait_timeout"])
                 result.update(instance=inst.to_dict(), attempts=[a.to_dict() for a in attempts])
+                traffic = (f" + ${inst.bandwidth_price_gb:g}/GB downloaded" if inst.bandwidth_price_gb is not None
+                           else "")
                 result["msg"] = (f"created {inst.machine_type} ({inst.gpu}, {'spot' if inst.spot else 'on-demand'}) "
-                                 f"in {inst.zone}, ~${inst.hourly_price}/h ({catalog.price_note(provider)})")
+                                 f"in {inst.zone}, ~${inst.hourly_price}/h{traffic} ({catalog.price_note(provider)})")
                 after = _summary(inst)
         elif found.state in (STOPPED, STOPPING, PENDING):
             result["changed"] = found.state != PENDING
@@ -439,9 +520,9 @@ def ensure(module, backend) -> dict:
         result["host_keys"] = backend.host_keys(inst, p["host_keys_timeout"])
         result["host_key_alias"] = host_key_alias(provider, inst.id)
         if not result["host_keys"]:
-            where = ("in its guest attributes (an image without the guest agent?)" if provider == "gcp"
-                     else "on its serial console (an image without cloud-init, the console not posted yet, "
-                          "or no ec2:GetConsoleOutput permission?)")
+            where = {"gcp": "in its guest attributes (an image without the guest agent?)",
+                     "aws": "on its serial console (an image without cloud-init, the console not posted yet, "
+                            "or no ec2:GetConsoleOutput permission?)"}.get(provider, f"({provider} publishes none)")
             module.warn(f"{inst.name} published no SSH host keys {where} within {p['host_keys_timeout']}s: "
                         "the first SSH connection trusts the key it is shown")
 
