@@ -37,6 +37,9 @@ STOPPED = "stopped"
 PENDING = "pending"
 STOPPING = "stopping"
 TERMINATED = "terminated"
+# Suspended (GCP SUSPENDING/SUSPENDED): not running, but its memory is kept and billed besides the disk;
+# state present resumes it (a start would fail), state stopped says so rather than calling it stopped.
+SUSPENDED = "suspended"
 
 
 class SdcloudError(Exception):
@@ -114,7 +117,8 @@ CODE_NO_CAPACITY = "NoCapacity"  # failed: a stockout (GCP ZONE_RESOURCE_POOL_EX
 CODE_QUOTA = "QuotaExceeded"  # failed: a quota refused it; skipped: a quota an earlier zone hit covers this one too
 CODE_THROTTLED = "Throttled"  # failed: the API kept throttling the create call after retries
 CODE_NO_NETWORK = "NoNetwork"  # skipped: nothing to attach the instance to in that zone (AWS: no subnet in the AZ)
-ATTEMPT_CODES = (CODE_NOT_OFFERED, CODE_NO_CAPACITY, CODE_QUOTA, CODE_THROTTLED, CODE_NO_NETWORK)
+CODE_PREEMPTED = "Preempted"  # failed: created, then the cloud reclaimed the spot capacity before it ran (deleted)
+ATTEMPT_CODES = (CODE_NOT_OFFERED, CODE_NO_CAPACITY, CODE_QUOTA, CODE_THROTTLED, CODE_NO_NETWORK, CODE_PREEMPTED)
 
 # Refusal.scope: what else a refusal rules out for the rest of this market's walk.
 SCOPE_ZONE = "zone"  # only this zone (a stockout)
@@ -150,6 +154,14 @@ class Refusal:
     skipped: bool = False  # True when the cloud was not asked (try_zone found a missing prerequisite)
 
 
+class Preempted(Exception):  # noqa: N818 - a signal to the zone walk, not an error
+    """Raised by wait_for_state(watch_preemption=True): the instance was reclaimed during the create wait."""
+
+    def __init__(self, instance, reason: str, cloud_code: str | None = None):
+        super().__init__(reason)
+        self.instance, self.reason, self.cloud_code = instance, reason, cloud_code
+
+
 class ZoneRefused(Exception):  # noqa: N818 - a signal to the zone walk, not an error
     """Raised by a try_zone hook for a refusal it finds itself, before asking the cloud (no subnet ...)."""
 
@@ -165,7 +177,8 @@ def placement_summary(spec, offer, attempts: list, fixes: list) -> str:
         f"{a.zone} ({'spot' if a.spot else 'on-demand'}): {a.result} {a.code}" + (f" - {a.reason.rstrip('. ')}" if a.reason else "")
         for a in attempts) or "no zone"
     todo = list(dict.fromkeys(fixes))
-    if any(a.code in (CODE_NO_CAPACITY, CODE_THROTTLED) for a in attempts):
+    # throttling names its own fix (wait: the limit is the account's, per region); more zones do not help it
+    if any(a.code in (CODE_NO_CAPACITY, CODE_PREEMPTED) for a in attempts):
         todo.append("add more zones or regions to `zones`")
         if spec.spot and spec.spot_fallback != "on-demand":
             todo.append("set spot_fallback: on-demand to try on-demand capacity")
@@ -179,7 +192,7 @@ def placement_summary(spec, offer, attempts: list, fixes: list) -> str:
 def _failure_code(attempts: list) -> str:
     """The error code of a failed placement: the most telling of its attempts' codes."""
     codes = {a.code for a in attempts}
-    for code in (CODE_NO_CAPACITY, CODE_THROTTLED, CODE_QUOTA, CODE_NO_NETWORK):
+    for code in (CODE_NO_CAPACITY, CODE_PREEMPTED, CODE_THROTTLED, CODE_QUOTA, CODE_NO_NETWORK):
         if code in codes:
             return code
     return CODE_NOT_OFFERED
@@ -285,6 +298,12 @@ KIND_KEY_PAIR = "key_pair"  # AWS only
 KIND_SPOT_REQUEST = "spot_request"  # AWS only: a persistent spot request would relaunch the instance
 # Teardown order: what holds others goes first.
 DELETE_ORDER = (KIND_SPOT_REQUEST, KIND_INSTANCE, KIND_ADDRESS, KIND_DISK, KIND_FIREWALL, KIND_KEY_PAIR)
+# Labelled kinds sdcloud never creates but the teardown proof lists (a user, a backup policy copying the
+# volume's tags, or another tool may have labelled them): never deleted, named in the failure with how to.
+KIND_SNAPSHOT = "snapshot"
+KIND_IMAGE = "image"
+KIND_OTHER = "other"  # AWS: any other resource the Resource Groups Tagging API finds (Resource.id is its ARN)
+KEPT_KINDS = (KIND_SNAPSHOT, KIND_IMAGE, KIND_OTHER)
 
 
 @dataclasses.dataclass
@@ -385,8 +404,9 @@ class Backend(abc.ABC):
                 block = blocked.get(SCOPE_ALL) or blocked.get(region)
                 if block:
                     where = "every region" if SCOPE_ALL in blocked else region
-                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, f"quota {block.quota} exhausted in {where}",
-                                            block.code))
+                    why = (f"quota {block.quota} exhausted in {where}" if block.code == CODE_QUOTA
+                           else f"ruled out in {where} by an earlier zone: {block.reason.rstrip('. ')}")
+                    attempts.append(Attempt(zone, spot, ATTEMPT_SKIPPED, why, block.code))
                     continue
                 try:
                     launched = self.try_zone(placement, zone, spot, deadline)
@@ -401,8 +421,16 @@ class Backend(abc.ABC):
                     if not refusal.skipped:
                         self.after_refusal(placement, zone, deadline)
                     continue
+                try:
+                    running = self.wait_for_state(launched, RUNNING, deadline, need_ip=True, watch_preemption=True)
+                except Preempted as lost:
+                    # reclaimed before it ever ran: delete it (its disk bills, and the next zone's instance
+                    # takes its name), then go on as after a stockout
+                    attempts.append(Attempt(zone, spot, ATTEMPT_FAILED, lost.reason, CODE_PREEMPTED, lost.cloud_code))
+                    self.delete_instance(lost.instance, max(1, int(deadline.remaining())))
+                    continue
                 attempts.append(Attempt(zone, spot, ATTEMPT_CREATED))
-                return self.wait_for_state(launched, RUNNING, deadline, need_ip=True), attempts
+                return running, attempts
         raise SdcloudError(placement_summary(spec, offer, attempts, fixes), code=_failure_code(attempts),
                            attempts=[a.to_dict() for a in attempts])
 
@@ -420,14 +448,19 @@ class Backend(abc.ABC):
         raise outcome from exc
 
     def wait_for_state(self, instance: Instance, state: str, deadline: Deadline, *, need_ip: bool = False,
-                       gone_ok: bool = False) -> Instance:
+                       gone_ok: bool = False, watch_preemption: bool = False) -> Instance:
         """Read the instance (read_instance) every POLL_INTERVAL until it is in `state` (and has a public
         IP when need_ip); the instance as last read. gone_ok: an instance that no longer exists counts
-        as arrived (deleting), and `instance` is returned."""
+        as arrived (deleting), and `instance` is returned. watch_preemption (the create wait): raise
+        Preempted at the first read where `preemption` says the cloud reclaimed it."""
         def probe():
             current = self.read_instance(instance)
             if current is None:
                 return gone_ok, instance, "it no longer exists"
+            if watch_preemption:
+                lost = self.preemption(current)
+                if lost:
+                    raise Preempted(current, *lost)
             arrived = current.state == state and bool(current.public_ip or not need_ip)
             now = f"it is {current.state}" + ("" if current.public_ip or not need_ip else ", no public IP yet")
             return arrived, current, now
@@ -471,6 +504,11 @@ class Backend(abc.ABC):
         """What an error of try_zone means: a Refusal (the zone refused: stockout, quota, throttling - the
         walk goes on) or an SdcloudError naming the fix (anything else - the walk stops)."""
 
+    def preemption(self, instance: Instance) -> tuple | None:
+        """(reason, cloud code) when `instance`, as just read during the create wait, was reclaimed by the cloud
+        (a spot preemption), else None. None by default: a provider without preemption writes none."""
+        return None
+
     def after_refusal(self, placement, zone: str, deadline: Deadline) -> None:
         """Remove what a refused try left in `zone` (GCP: a half-created instance or boot disk). Nothing by
         default: a provider whose refused create leaves nothing behind (AWS) writes none."""
@@ -496,6 +534,17 @@ class Backend(abc.ABC):
     def delete_instance_extras(self, name: str, wait_timeout: int) -> list:
         """Delete what create_instance made for the deployment besides the instance (AWS: key pair,
         security group; GCP: nothing or its own extras). Returns the Resources deleted ([] if none)."""
+
+    def ensure_ssh_key(self, instance: Instance, ssh_user: str, public_key: str, wait_timeout: int,
+                       check: bool = False) -> bool:
+        """Make the existing `instance` accept `public_key` (an OpenSSH public key line) for `ssh_user`:
+        True when it changed (or would, in check mode). SdcloudError naming the fix where the cloud cannot
+        change the key of an existing instance. Nothing by default."""
+        return False
+
+    def delete_hint(self, res: Resource) -> str:
+        """How a user deletes `res` by hand (a kind teardown does not delete, KEPT_KINDS)."""
+        return "delete it in the cloud console"
 
     def host_keys(self, instance: Instance, timeout: int) -> list:
         """The SSH host keys the machine's guest published through the cloud API, as "type base64" lines,
