@@ -137,3 +137,15 @@ def test_a_zone_that_is_no_country_is_skipped_without_a_call(vast, run):
     assert not failed, res["msg"]
     assert [(a["zone"], a["result"], a["code"]) for a in res["attempts"]] == [
         ("US-EAST-1", "skipped", "NotOffered"), ("US", "created", None)]
+
+
+def test_an_instance_whose_key_cannot_be_attached_is_destroyed_not_left_billing(vast, run, monkeypatch):
+    import vast_server
+
+    def refuse(self, body, query, inst_id):
+        raise vast_server.error(400, "invalid_args", "invalid ssh key")
+
+    monkeypatch.setattr(vast_server.VastStandin, "attach_ssh", refuse)
+    failed, res = run(spot=False)
+    assert failed and "invalid ssh key" in res["msg"]
+    assert vast.instances == {} and len(asks(vast)) == 1

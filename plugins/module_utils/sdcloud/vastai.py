@@ -298,8 +298,13 @@ class VastBackend(PodBackend):
                     continue
                 raise
             inst_id = (made or {}).get("new_contract")
-            self._call("POST", f"/api/v0/instances/{inst_id}/ssh/", {"ssh_key": spec.ssh_public_key.strip()},
-                       write=True, doing=f"attaching the SSH key to instance {inst_id}")
+            launched = Instance(name=spec.name, provider=PROVIDER, id=str(inst_id), zone=zone, region=zone, state=PENDING)
+            try:
+                self._call("POST", f"/api/v0/instances/{inst_id}/ssh/", {"ssh_key": spec.ssh_public_key.strip()},
+                           write=True, doing=f"attaching the SSH key to instance {inst_id}")
+            except (ApiError, SdcloudError):
+                self._terminate(launched)  # unreachable without the key, and billing: do not leave it behind
+                raise
             return Instance(name=spec.name, provider=PROVIDER, id=str(inst_id), zone=_country(ask.get("geolocation")),
                             region=_country(ask.get("geolocation")), state=PENDING, spot=spot,
                             machine_type=offer.machine_type)
