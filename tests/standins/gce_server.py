@@ -22,6 +22,14 @@ Implements (paths under /compute/v1/projects/{project}/):
 - zones/{z}/disks: list/get/delete, aggregated/disks. The boot disk is created with the instance
   from initializeParams (diskName, diskSizeGb, diskType, labels, sourceImage); autoDelete honoured
   when the instance is deleted; deleting a disk in use -> 400 resourceInUseByAnotherResource.
+- instances.insert honours requestId: a request id it has seen answers the operation it started again
+  and does nothing else. instances.suspend/resume (RUNNING -> SUSPENDING -> SUSPENDED -> STAGING ->
+  RUNNING); start refuses PENDING_STOP, STOPPING, DEPROVISIONING and SUSPEND(ING|ED) (resourceNotReady).
+  instances.setMetadata with the metadata fingerprint (stale -> 412). A test may set any status on
+  `instances[...]["status"]` (PENDING_STOP, DEPROVISIONING ...) to play the platform.
+- `preempt_on_create[zone] = n`: the next n spot VMs created in zone are preempted as they start.
+- global/addresses, global/snapshots, global/images (labelled user images besides the seeded image
+  projects): insert/get/list (filter)/delete.
 - global/firewalls: insert/get/list/patch/delete ("IPProtocol" field).
 - regions/{r}/addresses: insert/get/list/delete, aggregated/addresses.
 - zones|regions|global operations: get, delete, list, `/wait`. An operation starts PENDING, is RUNNING
@@ -36,7 +44,8 @@ Control endpoints (also available as Python methods on GceStandin):
           `operation` is an API method ("instances.insert", "firewalls.insert", ...); a bare verb means
           "instances.<verb>". `zone`/`region`/`project` narrow the match; `count` (default: forever)
           limits how many requests it hits. `keep_disk: true` on an instances.insert fault leaves the
-          boot disk behind (a half-failed create).
+          boot disk behind (a half-failed create); `after_create: true` (with as "http") does the insert
+          and then answers the error (the answer was lost).
 - DELETE /_standin/faults    clear all faults
 - GET    /_standin/requests  the request log ({method, path, api, project, zone, region, query, body,
           status}); DELETE clears it
@@ -215,6 +224,13 @@ FAULTS = {
     "BACKEND_ERROR": {
         "http": 503, "http_message": "SERVICE UNAVAILABLE", "reason": "backendError",
         "message": "Internal error. Please try again or contact Google Support.", "doc": DOC_ERRORS,
+    },
+    # An operation that ends DONE with an internal error: code INTERNAL_ERROR (the google.rpc code name the
+    # Compute Engine error reference uses for HTTP 500); the message text is guessed.
+    "INTERNAL_ERROR": {
+        "http": 500, "http_message": "INTERNAL SERVER ERROR", "reason": "internalError",
+        "message": "Internal error. Please try again or contact Google Support. (Code: '-1234567890')",
+        "doc": DOC_ERRORS + " (message guessed)",
     },
 }
 
@@ -400,6 +416,9 @@ class GceStandin:
             self.firewalls: dict = {}   # (project, name) -> dict
             self.addresses: dict = {}   # (project, region, name) -> dict
             self.operations: dict = {}  # (project, scope, name) -> dict  (scope: zones/x, regions/x, global)
+            self.globals: dict = {}     # (project, collection, name) -> dict: global addresses, snapshots, images
+            self.request_ids: dict = {}  # (project, requestId) -> the operation that request started
+            self.preempt_on_create: dict = {}  # zone -> how many of the next spot VMs created there are preempted
             self.faults: list = []
             self.requests: list = []
 
@@ -767,11 +786,21 @@ class GceStandin:
         return obj
 
     # ---- instances
-    def instance_insert(self, project: str, zone: str, body: dict) -> dict:
+    def instance_insert(self, project: str, zone: str, body: dict, request_id: str | None = None, *,
+                        faults: bool = True) -> dict:
+        """requestId: a request the server already took answers its operation again and does nothing
+        (instances.insert, requestId: https://cloud.google.com/compute/docs/reference/rest/v1/instances/insert).
+        A fault with `after_create: true` (an http one) does the insert, then answers the error: the answer
+        was lost on the way, the case the requestId is for."""
+        if request_id and (project, request_id) in self.request_ids:
+            return self.request_ids[(project, request_id)]
         self._validate_instance(project, zone, body)
         name = body["name"]
         link = f"{API}/projects/{project}/zones/{zone}/instances/{name}"
-        fault = self._match_fault("instances.insert", project, zone, None)
+        fault = self._match_fault("instances.insert", project, zone, None) if faults else None
+        if fault and fault.get("after_create"):
+            self.instance_insert(project, zone, body, request_id, faults=False)
+            raise self._fault_error(fault, project, zone, None, name=name, body=body)[3]
         if fault:
             status, status_msg, op_err, http_err = self._fault_error(fault, project, zone, None, name=name, body=body)
             if fault["as"] == "http":
@@ -789,12 +818,17 @@ class GceStandin:
             def __call__(self):
                 inst.pop("_op", None)
                 standin._to_running(inst)
+                if inst["scheduling"].get("provisioningModel") == "SPOT" and standin.preempt_on_create.get(zone):
+                    standin.preempt_on_create[zone] -= 1  # reclaimed right after it started (tests: see preempt)
+                    standin.preempt(project, zone, name)
 
             def running(self):
                 inst["status"] = "STAGING"
 
         op = self._new_op(project, f"zones/{zone}", "insert", link, inst["id"], on_done=Done())
         inst["_op"] = op
+        if request_id:
+            self.request_ids[(project, request_id)] = op
         return op
 
     def _create_disk_for(self, project: str, zone: str, body: dict, users) -> dict:
@@ -932,7 +966,7 @@ class GceStandin:
 
     def instance_start(self, project: str, zone: str, name: str) -> dict:
         inst = self._instance(project, zone, name)
-        if inst["status"] == "STOPPING":
+        if inst["status"] in ("STOPPING", "PENDING_STOP", "DEPROVISIONING", "SUSPENDING", "SUSPENDED"):
             raise ApiError(400, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' is not ready",
                            "resourceNotReady")
         err = self._op_fault("instances.start", project, zone, None, name)
@@ -952,6 +986,93 @@ class GceStandin:
         op = self._new_op(project, f"zones/{zone}", "start", inst["selfLink"], inst["id"], on_done=Done())
         inst["_op"] = op
         return op
+
+    def instance_suspend(self, project: str, zone: str, name: str) -> dict:
+        """RUNNING -> SUSPENDING -> SUSPENDED (https://cloud.google.com/compute/docs/instances/suspend-resume-instance)."""
+        inst = self._instance(project, zone, name)
+        if inst["status"] != "RUNNING":
+            raise ApiError(400, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' is not ready",
+                           "resourceNotReady")  # message guessed
+
+        def done():
+            inst["status"] = "SUSPENDED"
+            for nic in inst["networkInterfaces"]:
+                for ac in nic.get("accessConfigs", []):
+                    ac.pop("natIP", None)  # guessed: an ephemeral address is released as on stop
+
+        inst["status"] = "SUSPENDING"
+        op = self._new_op(project, f"zones/{zone}", "suspend", inst["selfLink"], inst["id"], on_done=done)
+        inst["_op"] = op
+        return op
+
+    def instance_resume(self, project: str, zone: str, name: str) -> dict:
+        """SUSPENDED -> STAGING -> RUNNING; anything but SUSPENDED is refused (message guessed)."""
+        inst = self._instance(project, zone, name)
+        if inst["status"] != "SUSPENDED":
+            raise ApiError(400, f"The resource 'projects/{project}/zones/{zone}/instances/{name}' is not suspended",
+                           "resourceNotReady")
+
+        def done():
+            inst.pop("_op", None)
+            self._to_running(inst)
+
+        inst["status"] = "STAGING"
+        op = self._new_op(project, f"zones/{zone}", "resume", inst["selfLink"], inst["id"], on_done=done)
+        inst["_op"] = op
+        return op
+
+    def instance_set_metadata(self, project: str, zone: str, name: str, body: dict) -> dict:
+        """instances.setMetadata: the request carries the current metadata fingerprint; a stale one is 412
+        conditionNotMet (https://cloud.google.com/compute/docs/metadata/setting-custom-metadata#rest)."""
+        inst = self._instance(project, zone, name)
+        if body.get("fingerprint") != inst["metadata"]["fingerprint"]:
+            raise ApiError(412, "Supplied fingerprint does not match current metadata fingerprint.", "conditionNotMet")
+        items = list(body.get("items") or [])
+        for item in items:
+            if "key" not in item:
+                raise _invalid("metadata.items", item, "Metadata items need a key.")
+        inst["metadata"] = {"kind": "compute#metadata", "items": items, "fingerprint": fingerprint([items, time.time()])}
+        op = self._new_op(project, f"zones/{zone}", "setMetadata", inst["selfLink"], inst["id"])
+        self._finish(op)
+        return op
+
+    # ---- global labelled kinds: addresses, snapshots, user images (insert/list/get/delete)
+    GLOBAL_KINDS = {"addresses": "compute#address", "snapshots": "compute#snapshot", "images": "compute#image"}
+
+    def global_insert(self, project: str, collection: str, body: dict) -> dict:
+        name = body.get("name", "")
+        if not NAME_RE.match(name):
+            raise _invalid("resource.name", name, "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'")
+        if (project, collection, name) in self.globals:
+            raise ApiError(409, f"The resource 'projects/{project}/global/{collection}/{name}' already exists",
+                           "alreadyExists")
+        self._validate_labels("resource.labels", body.get("labels") or {})
+        link = f"{API}/projects/{project}/global/{collection}/{name}"
+        res = {"kind": self.GLOBAL_KINDS[collection], "id": str(next(self._ids)), "creationTimestamp": _now(),
+               "name": name, "labels": dict(body.get("labels") or {}), "selfLink": link,
+               "status": "RESERVED" if collection == "addresses" else "READY"}
+        res.update({k: v for k, v in body.items() if k in ("sourceDisk", "description", "address")})
+        res["labelFingerprint"] = fingerprint(res["labels"])
+        return self._new_op(project, "global", "insert", link, res["id"],
+                            on_done=lambda: self.globals.__setitem__((project, collection, name), res))
+
+    def global_list(self, project: str, collection: str, query: dict) -> dict:
+        items = [r for (pp, c, _), r in self.globals.items() if pp == project and c == collection]
+        if collection == "images":
+            items += [self.image_get(project, n) for n, _ in IMAGES.get(project, [])]
+        return self.list_page(items, query, self.GLOBAL_KINDS[collection] + "List",
+                              f"{API}/projects/{project}/global/{collection}")
+
+    def global_get(self, project: str, collection: str, name: str) -> dict:
+        res = self.globals.get((project, collection, name))
+        if res is None:
+            raise _not_found(f"projects/{project}/global/{collection}/{name}")
+        return res
+
+    def global_delete(self, project: str, collection: str, name: str) -> dict:
+        res = self.global_get(project, collection, name)
+        return self._new_op(project, "global", "delete", res["selfLink"], res["id"],
+                            on_done=lambda: self.globals.pop((project, collection, name), None))
 
     def instance_set_labels(self, project: str, zone: str, name: str, body: dict) -> dict:
         inst = self._instance(project, zone, name)
@@ -1163,7 +1284,8 @@ class GceStandin:
                             self._check_zone(project, ctx["zone"])
                         if "region" in ctx:
                             self._check_region(ctx["region"])
-                        if not api.endswith((".delete", ".stop", ".start", ".patch", ".insert")):
+                        if not api.endswith((".delete", ".stop", ".start", ".patch", ".insert", ".resume", ".suspend",
+                                             ".setMetadata")):
                             self._read_fault(api, project, ctx.get("zone"), ctx.get("region"),
                                              ctx.get("name", ""))
                         result = fn(project, body, query, **rm.groupdict())
@@ -1282,10 +1404,6 @@ class GceStandin:
             items = [s._mt_obj(p, zone, m) for m in s._zone_machine_types(zone)]
             return s.list_page(items, q, "compute#machineTypeList", f"{API}/projects/{p}/zones/{zone}/machineTypes")
 
-        def images_list(p, b, q):
-            items = [s.image_get(p, n) for n, _ in IMAGES.get(p, [])]
-            return s.list_page(items, q, "compute#imageList", f"{API}/projects/{p}/global/images")
-
         body = lambda b: b or {}  # noqa: E731
 
         return [
@@ -1299,12 +1417,23 @@ class GceStandin:
             (Z + r"/acceleratorTypes/" + N + "$", "GET", "acceleratorTypes.get", accel_get),
             (Z + r"/machineTypes$", "GET", "machineTypes.list", mt_list),
             (Z + r"/machineTypes/" + N + "$", "GET", "machineTypes.get", mt_get),
-            (r"^/global/images$", "GET", "images.list", images_list),
+            (r"^/global/images$", "GET", "images.list", lambda p, b, q: s.global_list(p, "images", q)),
+            (r"^/global/images$", "POST", "images.insert", lambda p, b, q: s.global_insert(p, "images", body(b))),
+            (r"^/global/images/" + N + "$", "DELETE", "images.delete",
+             lambda p, b, q, name: s.global_delete(p, "images", name)),
+            (r"^/global/(?P<coll>snapshots|addresses)$", "GET", "global.list",
+             lambda p, b, q, coll: s.global_list(p, coll, q)),
+            (r"^/global/(?P<coll>snapshots|addresses)$", "POST", "global.insert",
+             lambda p, b, q, coll: s.global_insert(p, coll, body(b))),
+            (r"^/global/(?P<coll>snapshots|addresses)/" + N + "$", "GET", "global.get",
+             lambda p, b, q, coll, name: s.global_get(p, coll, name)),
+            (r"^/global/(?P<coll>snapshots|addresses)/" + N + "$", "DELETE", "global.delete",
+             lambda p, b, q, coll, name: s.global_delete(p, coll, name)),
             (r"^/global/images/family/" + N + "$", "GET", "images.getFromFamily",
              lambda p, b, q, name: s.image_get(p, name, family=True)),
             (r"^/global/images/" + N + "$", "GET", "images.get", lambda p, b, q, name: s.image_get(p, name)),
             (Z + r"/instances$", "POST", "instances.insert",
-             lambda p, b, q, zone: s.instance_insert(p, zone, body(b))),
+             lambda p, b, q, zone: s.instance_insert(p, zone, body(b), (q.get("requestId") or [None])[0])),
             (Z + r"/instances$", "GET", "instances.list", inst_list),
             (Z + r"/instances/" + N + "$", "GET", "instances.get",
              lambda p, b, q, zone, name: s.instance_get(p, zone, name)),
@@ -1318,6 +1447,12 @@ class GceStandin:
              lambda p, b, q, zone, name: s.instance_stop(p, zone, name)),
             (Z + r"/instances/" + N + "/setLabels$", "POST", "instances.setLabels",
              lambda p, b, q, zone, name: s.instance_set_labels(p, zone, name, body(b))),
+            (Z + r"/instances/" + N + "/setMetadata$", "POST", "instances.setMetadata",
+             lambda p, b, q, zone, name: s.instance_set_metadata(p, zone, name, body(b))),
+            (Z + r"/instances/" + N + "/suspend$", "POST", "instances.suspend",
+             lambda p, b, q, zone, name: s.instance_suspend(p, zone, name)),
+            (Z + r"/instances/" + N + "/resume$", "POST", "instances.resume",
+             lambda p, b, q, zone, name: s.instance_resume(p, zone, name)),
             (r"^/aggregated/instances$", "GET", "instances.aggregatedList", inst_agg),
             (Z + r"/disks$", "GET", "disks.list", disk_list),
             (Z + r"/disks/" + N + "$", "GET", "disks.get", disk_get),
@@ -1361,7 +1496,7 @@ class GceStandin:
                                region=body.get("region"), project=body.get("project"),
                                as_=body.get("as", "operation"), count=body.get("count"),
                                **{k: v for k, v in body.items()
-                                  if k in ("quota_metric", "limit", "keep_disk", "message")})
+                                  if k in ("quota_metric", "limit", "keep_disk", "message", "after_create")})
                 return 200, {"faults": len(self.faults)}
             if path == "/_standin/faults" and method == "DELETE":
                 self.clear_faults()

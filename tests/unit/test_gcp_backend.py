@@ -379,3 +379,121 @@ def test_host_keys_wait_for_the_guest(gce, backend):
     key = _host_key(b"a" * 32)
     threading.Timer(0.3, gce.set_guest_attributes, (P, inst.zone, inst.name, {"hostkeys/ssh-ed25519": key})).start()
     assert backend.host_keys(inst, timeout=10) == [f"ssh-ed25519 {key}"]
+
+
+# --- API behaviours (issue 11): retries with the requestId, states on the way, preemption, keys, the proof ---
+
+
+def test_insert_503_is_resent_with_the_same_request_id(gce, backend):
+    # a 503 before anything is done, then one after the server took the insert (its answer was lost)
+    gce.add_fault("insert", "BACKEND_ERROR", zone="us-central1-a", as_="http", count=1)
+    gce.add_fault("insert", "BACKEND_ERROR", zone="us-central1-a", as_="http", count=1, after_create=True)
+    inst, attempts = backend.create_instance(spec(), wait_timeout=30)
+    assert [(a.zone, a.result) for a in attempts] == [("us-central1-a", "created")] and inst.state == "running"
+    ids = [r["query"]["requestId"] for r in inserts(gce)]
+    assert len(ids) == 3 and len(set(ids)) == 1  # one request, sent three times: one instance
+    assert [r["status"] for r in inserts(gce)] == [503, 503, 200]
+    assert [r.id for r in backend.list_resources("demo") if r.kind == "instance"] == ["demo"]
+
+
+def test_insert_operation_internal_error_is_retried(gce, backend):
+    gce.add_fault("insert", "INTERNAL_ERROR", zone="us-central1-a", count=2, keep_disk=True)
+    inst, attempts = backend.create_instance(spec(), wait_timeout=30)
+    assert inst.zone == "us-central1-a" and [a.result for a in attempts] == ["created"]
+    assert len(inserts(gce)) == 3 and len(gce.requests_for("disks.delete")) == 2  # what each failure left went
+    ids = [r["query"]["requestId"] for r in inserts(gce)]
+    assert len(set(ids)) == 3  # a finished (failed) request is not re-sent under its id: it would answer the failure
+
+
+def test_insert_backend_error_retries_end_at_the_deadline(gce, backend):
+    gce.add_fault("insert", "BACKEND_ERROR", as_="http")
+    start = time.monotonic()
+    with pytest.raises(SdcloudError) as err:
+        backend.create_instance(spec(), wait_timeout=1)
+    assert time.monotonic() - start < 5 and len(inserts(gce)) > 2
+    assert "Compute Engine had an internal error: re-run in a few minutes" in err.value.msg
+
+
+@pytest.mark.parametrize("status", ["PENDING_STOP", "DEPROVISIONING"])
+def test_present_waits_for_a_stop_in_progress_before_start(gce, backend, status):
+    import threading
+
+    backend.create_instance(spec(), wait_timeout=30)
+    inst = gce.instances[(P, "us-central1-a", "demo")]
+    inst["status"] = status
+    found = backend.find_instance("demo")
+    assert found.state == "stopping"
+    threading.Timer(0.3, lambda: (gce.lock.acquire(), gce._to_terminated(inst), gce.lock.release())).start()
+    started = backend.start_instance(found, wait_timeout=10)
+    assert started.state == "running"
+    assert [r["status"] for r in gce.requests_for("instances.start")] == [200]  # sent once, after TERMINATED
+
+
+def test_suspended_is_resumed_not_started(gce, backend):
+    backend.create_instance(spec(), wait_timeout=30)
+    op = backend.gc.instances.suspend_unary(project=P, zone="us-central1-a", instance="demo")
+    assert gce.instances[(P, "us-central1-a", "demo")]["status"] == "SUSPENDING"
+    found = backend.find_instance("demo")
+    assert found.state == "suspended"  # not "stopped": its memory is kept, and billed
+    backend.gc.zone_operations.wait(project=P, zone="us-central1-a", operation=op.name)
+    assert backend.stop_instance(found, wait_timeout=5).state == "suspended"
+    assert gce.requests_for("instances.stop") == []
+    started = backend.start_instance(found, wait_timeout=10)
+    assert started.state == "running" and started.public_ip
+    assert gce.requests_for("instances.start") == [] and len(gce.requests_for("instances.resume")) == 1
+
+
+def test_spot_preempted_during_the_create_wait_moves_on(gce, backend):
+    gce.preempt_on_create["us-central1-a"] = 1
+    start = time.monotonic()
+    inst, attempts = backend.create_instance(spec(), wait_timeout=30)
+    assert time.monotonic() - start < 10
+    assert inst.zone == "us-central1-b" and inst.state == "running"
+    assert [(a.zone, a.result, a.code) for a in attempts] == [
+        ("us-central1-a", "failed", "Preempted"), ("us-central1-b", "created", None)]
+    assert "preempted" in attempts[0].reason and attempts[0].cloud_code == "compute.instances.preempted"
+    assert [(r.kind, r.location) for r in backend.list_resources("demo")] == [
+        ("instance", "us-central1-b"), ("disk", "us-central1-b")]  # the reclaimed one was deleted
+
+
+def test_spot_preempted_everywhere_fails_naming_it(gce, backend):
+    gce.preempt_on_create.update({"us-central1-a": 1, "us-central1-b": 1})
+    with pytest.raises(SdcloudError) as err:
+        backend.create_instance(spec(), wait_timeout=30)
+    assert "us-central1-a (spot): failed Preempted" in err.value.msg and "spot_fallback: on-demand" in err.value.msg
+    assert err.value.details["code"] == "Preempted" and backend.list_resources("demo") == []
+
+
+def test_changed_ssh_key_updates_the_metadata(gce, backend):
+    inst, _ = backend.create_instance(spec(), wait_timeout=30)
+    new = KEY.replace("AAAAIBmQ", "AAAAINEW") + "-new"
+    assert backend.ensure_ssh_key(inst, "ubuntu", KEY, 30) is False  # the same key: no call
+    assert gce.requests_for("instances.setMetadata") == []
+    assert backend.ensure_ssh_key(inst, "ubuntu", new, 30, check=True) is True
+    assert gce.requests_for("instances.setMetadata") == []
+    gce.instances[(P, "us-central1-a", "demo")]["metadata"]["items"][-1]["value"] += "\nalice:ssh-ed25519 AAAA alice"
+    assert backend.ensure_ssh_key(inst, "ubuntu", new, 30) is True
+    sent = gce.requests_for("instances.setMetadata")[0]["body"]
+    assert sent["fingerprint"]
+    items = {i["key"]: i["value"] for i in gce.instances[(P, "us-central1-a", "demo")]["metadata"]["items"]}
+    assert items["ssh-keys"] == f"ubuntu:{new}\nalice:ssh-ed25519 AAAA alice"  # the old key goes, others stay
+    assert items["enable-guest-attributes"] == "TRUE" and items["sdcloud-image"]
+
+
+def test_proof_lists_every_labelled_kind(gce, backend):
+    labels = {"sdcloud-managed": "true", "sdcloud-deployment": "demo"}
+    backend.create_instance(spec(), wait_timeout=30)
+    for coll, name in (("snapshots", "demo-backup"), ("addresses", "demo-global-ip"), ("images", "demo-image")):
+        gce.global_insert(P, coll, {"name": name, "labels": labels})["_on_done"]()
+    gce.global_insert(P, "snapshots", {"name": "other-backup", "labels": dict(labels, **{
+        "sdcloud-deployment": "other"})})["_on_done"]()
+    found = backend.list_resources("demo")
+    assert sorted((r.kind, r.id, r.location) for r in found) == [
+        ("address", "demo-global-ip", "global"), ("disk", "demo", "us-central1-a"), ("image", "demo-image", "global"),
+        ("instance", "demo", "us-central1-a"), ("snapshot", "demo-backup", "global")]
+    backend.delete_resources(found, wait_timeout=30)
+    # the address sdcloud may make is deleted; a snapshot or image is the user's: kept, and still listed
+    assert sorted((r.kind, r.id) for r in backend.list_resources("demo")) == [
+        ("image", "demo-image"), ("snapshot", "demo-backup")]
+    snap = next(r for r in found if r.kind == "snapshot")
+    assert backend.delete_hint(snap) == f"delete it (`gcloud compute snapshots delete demo-backup --project {P}`)"

@@ -34,24 +34,37 @@ What it does, and the choices behind it:
   at boot; host_keys() reads them (instances.getGuestAttributes, queryPath hostkeys/) so the controller
   pins the key before its first connection, as `gcloud compute ssh` does
   (https://cloud.google.com/compute/docs/metadata/manage-guest-attributes).
+- instances.insert carries a requestId: a 503/backendError (or no answer) re-sends it with the same id, an
+  operation ending INTERNAL_ERROR is cleaned up and sent again, until the deadline (INSERT_RETRY_CODES).
+- A spot VM found stopping/TERMINATED during the create wait was preempted (Backend.preemption): the zone walk
+  deletes it and goes on. PENDING_STOP / DEPROVISIONING are "stopping"; SUSPENDING / SUSPENDED "suspended"
+  (resumed by start_instance, left alone by stop_instance).
+- An existing VM's `ssh-keys` metadata follows ssh_public_key (ensure_ssh_key, instances.setMetadata).
+- The sweep lists every labelled kind in the project: instances, disks, addresses (regional and global),
+  snapshots and images (filter labels.<k>=<v>), and the marked firewall rules.
 - Every google.api_core / google.auth exception becomes SdcloudError with a message naming the fix.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import random
 import re
+import time
 import uuid
 
-from ansible.module_utils.sdcloud import catalog, errors
+from ansible.module_utils.sdcloud import base, catalog, errors
 from ansible.module_utils.sdcloud.base import (
     CODE_NO_CAPACITY,
     CODE_QUOTA,
     DELETE_ORDER,
+    KEPT_KINDS,
     KIND_ADDRESS,
     KIND_DISK,
     KIND_FIREWALL,
+    KIND_IMAGE,
     KIND_INSTANCE,
+    KIND_SNAPSHOT,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
     PENDING,
@@ -60,6 +73,7 @@ from ansible.module_utils.sdcloud.base import (
     SCOPE_REGION,
     STOPPED,
     STOPPING,
+    SUSPENDED,
     Backend,
     Deadline,
     Firewall,
@@ -101,11 +115,24 @@ MARKER_RE = re.compile(r"^sdcloud-managed=true sdcloud-deployment=([a-z0-9_-]+)(
 QUOTA_RE = re.compile(r"Quota '([A-Z0-9_]+)' exceeded\.\s+Limit: ([0-9.]+)(?: in region ([a-z0-9-]+)| globally)?")
 
 # GCE instance status -> neutral state (https://cloud.google.com/compute/docs/instances/instance-life-cycle).
+# PENDING_STOP (a graceful shutdown in progress) and DEPROVISIONING (resources being released on the way to
+# TERMINATED) are on the way to stopped: a start must wait for TERMINATED. SUSPENDING/SUSPENDED keep the
+# memory in storage, billed (https://cloud.google.com/compute/docs/instances/suspend-resume-instance): they
+# need instances.resume, not start (suspended, not stopped).
 _STATES = {
     "PROVISIONING": PENDING, "STAGING": PENDING, "RUNNING": RUNNING, "REPAIRING": PENDING,
-    "STOPPING": STOPPING, "SUSPENDING": STOPPING, "SUSPENDED": STOPPED, "TERMINATED": STOPPED,
-    "STOPPED": STOPPED,
+    "PENDING_STOP": STOPPING, "STOPPING": STOPPING, "DEPROVISIONING": STOPPING, "TERMINATED": STOPPED,
+    "STOPPED": STOPPED, "SUSPENDING": SUSPENDED, "SUSPENDED": SUSPENDED,
 }
+# Errors after which an instances.insert is sent again. A 503 backendError (or any 5xx answer, or no answer)
+# means the request may or may not have been taken: it is re-sent with the SAME requestId, which the API
+# documents as the way to retry safely (a request it already took is not done twice: "If you make the request
+# again with the same request ID, the server can check if original operation with the same request ID was
+# received, and if so, will ignore the second request", instances.insert, requestId,
+# https://cloud.google.com/compute/docs/reference/rest/v1/instances/insert). An insert operation that ended
+# DONE with INTERNAL_ERROR is finished: re-sending its requestId would answer that same failed operation,
+# so after cleaning up what it left the insert is sent with a new requestId. Both stop at the deadline.
+INSERT_RETRY_CODES = frozenset({"INTERNAL_ERROR", "backendError", "internalError"})
 
 CREDENTIALS_FIX = ("run `gcloud auth application-default login`, or set GOOGLE_APPLICATION_CREDENTIALS "
                    "(or `credentials_file`) to a service account key file")
@@ -615,15 +642,55 @@ class GcpBackend(Backend):
 
     def try_zone(self, placement: dict, zone: str, spot: bool, deadline: Deadline) -> Instance:
         """Insert in one zone and wait for the operation; a refusal is raised as _OperationFailed or the
-        api_core error it came as."""
+        api_core error it came as. A transient server error is retried until the deadline (INSERT_RETRY_CODES)."""
         spec = placement["spec"]
         body = self.instance_body(spec, zone, spot, placement["image"])
-        request = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
-                                                   request_id=str(uuid.uuid4()))  # a retried insert stays one
-        op = errors.retry(lambda: self.gc.instances.insert_unary(request=request), is_retryable=_retryable_write)
-        self._wait_op(op, self._creating(placement, spot), deadline)
-        return Instance(name=spec.name, provider=PROVIDER, id="", zone=zone, region=zone_region(zone), state=PENDING,
-                        spot=spot)
+        what = self._creating(placement, spot)
+        tries = 0
+        while True:
+            request = compute_v1.InsertInstanceRequest(project=self.project, zone=zone, instance_resource=body,
+                                                       request_id=str(uuid.uuid4()))
+            try:
+                op = self._insert(request, deadline)
+                self._wait_op(op, what, deadline)
+            except _OperationFailed as failed:
+                if not failed.codes & INSERT_RETRY_CODES or deadline.expired():
+                    raise
+                self.after_refusal(placement, zone, deadline)  # whatever the failed insert left behind
+                tries = self._backoff(tries, deadline)
+                continue
+            return Instance(name=spec.name, provider=PROVIDER, id="", zone=zone, region=zone_region(zone),
+                            state=PENDING, spot=spot)
+
+    def _insert(self, request, deadline: Deadline):
+        """instances.insert, re-sent with the same requestId while the API answers a transient error (5xx
+        without a capacity or quota code, or no answer) or throttles, until the deadline."""
+        tries = 0
+        while True:
+            try:
+                return self.gc.instances.insert_unary(request=request)
+            except Exception as exc:
+                transient = isinstance(exc, requests_exceptions.ConnectionError | requests_exceptions.Timeout) or (
+                    isinstance(exc, gexc.ServerError) and not _reasons(exc) & (CAPACITY_CODES | QUOTA_CODES))
+                if not (transient or _retryable_write(exc)) or deadline.expired():
+                    raise
+            tries = self._backoff(tries, deadline)
+
+    @staticmethod
+    def _backoff(tries: int, deadline: Deadline) -> int:
+        """Sleep a jittered exponential backoff (errors.RETRY_BASE/RETRY_CAP), never past the deadline."""
+        time.sleep(min(deadline.remaining(), random.uniform(0, min(errors.RETRY_CAP, errors.RETRY_BASE * 2 ** tries))))
+        return tries + 1
+
+    def preemption(self, instance: Instance) -> tuple | None:
+        """A spot VM that is stopping or stopped (TERMINATED) while the create waits for it to run was preempted:
+        sdcloud sent no stop, and with instanceTerminationAction STOP a preemption leaves it TERMINATED
+        (https://cloud.google.com/compute/docs/instances/spot#preemption-process). The cloud code is the type of
+        the operation GCE records for it."""
+        if instance.spot and instance.state in (STOPPING, STOPPED):
+            return (f"Compute Engine reclaimed the spot capacity in {instance.zone} before {instance.name} ran "
+                    f"(preempted, it is {instance.state}); it was deleted", "compute.instances.preempted")
+        return None
 
     def classify_error(self, exc: Exception, placement: dict, zone: str, spot: bool):
         what = self._creating(placement, spot)
@@ -664,11 +731,27 @@ class GcpBackend(Backend):
                      f"deleting left-over boot disk {name}", deadline, zone)
 
     # ---- start / stop / delete ----------------------------------------------------------------
+    def _wait_status(self, instance: Instance, status: str, deadline: Deadline) -> dict:
+        """Wait until the instance's raw GCE status is `status` (SUSPENDING and SUSPENDED are one neutral state)."""
+        def probe():
+            gi = self._get(instance.zone, instance.name)
+            return gi.get("status") == status, gi, f"it is {gi.get('status')}"
+
+        return wait_for(probe, deadline, f"instance {instance.name} in {instance.zone} to be {status}",
+                        fix=base.INSTANCE_WAIT_FIX)
+
     def start_instance(self, instance: Instance, wait_timeout: int) -> Instance:
         deadline = Deadline(wait_timeout)
         zone, name = instance.zone, instance.name
-        current = instance_from_gce(self._get(zone, name))
-        if current.state == STOPPING:
+        gi = self._get(zone, name)
+        current = instance_from_gce(gi)
+        if current.state == SUSPENDED:  # instances.start refuses a suspended VM: it is resumed
+            if gi.get("status") != "SUSPENDED":
+                self._wait_status(current, "SUSPENDED", deadline)
+            self._op(lambda: self.gc.instances.resume_unary(project=self.project, zone=zone, instance=name),
+                     f"resuming suspended instance {name}", deadline, zone)
+            return self.wait_for_state(current, RUNNING, deadline, need_ip=True)
+        if current.state == STOPPING:  # PENDING_STOP, STOPPING, DEPROVISIONING: start once it is TERMINATED
             current = self.wait_for_state(current, STOPPED, deadline)
         if current.state not in (RUNNING, PENDING):  # a pending one becomes RUNNING by itself
             what = f"starting instance {name}"
@@ -689,6 +772,8 @@ class GcpBackend(Backend):
         deadline = Deadline(wait_timeout)
         zone, name = instance.zone, instance.name
         current = instance_from_gce(self._get(zone, name))
+        if current.state == SUSPENDED:
+            return current  # gpu_instance reports it as suspended (its memory bills), it calls no stop
         if current.state not in (STOPPED, STOPPING):
             self._op(lambda: self.gc.instances.stop_unary(project=self.project, zone=zone, instance=name),
                      f"stopping instance {name}", deadline, zone)
@@ -750,6 +835,48 @@ class GcpBackend(Backend):
                 raise
             return instance_from_gce(self._get(instance.zone, instance.name))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    def ensure_ssh_key(self, instance: Instance, ssh_user: str, public_key: str, wait_timeout: int,
+                       check: bool = False) -> bool:
+        """Make the instance's `ssh-keys` metadata authorize `public_key` for `ssh_user` (the line sdcloud wrote
+        at creation is replaced; other users' lines are kept), with instances.setMetadata and the metadata
+        fingerprint (a stale one is 412: re-read and retry). The guest agent applies it on a running VM and at
+        boot (https://cloud.google.com/compute/docs/connect/add-ssh-keys#metadata)."""
+        deadline = Deadline(wait_timeout)
+        line = f"{ssh_user}:{public_key.strip()}"
+        for attempt in range(SET_LABELS_TRIES):
+            gi = self._get(instance.zone, instance.name)
+            meta = gi.get("metadata") or {}
+            items = [dict(i) for i in meta.get("items") or []]
+            entry = next((i for i in items if i.get("key") == "ssh-keys"), None)
+            lines = (entry.get("value") or "").splitlines() if entry else []
+            if line in lines:
+                return False
+            keep = [x for x in lines if x.strip() and x.split(":", 1)[0] != ssh_user]
+            if check:
+                return True
+            if entry is None:
+                entry = {"key": "ssh-keys"}
+                items.append(entry)
+            entry["value"] = "\n".join([line, *keep])
+            body = compute_v1.Metadata(fingerprint=meta.get("fingerprint"),
+                                       items=[compute_v1.Items(key=i["key"], value=i.get("value", "")) for i in items])
+            try:
+                self._op(lambda body=body: self.gc.instances.set_metadata_unary(
+                    project=self.project, zone=instance.zone, instance=instance.name, metadata_resource=body),
+                    f"updating the ssh-keys metadata of {instance.name}", deadline, instance.zone)
+            except SdcloudError as err:
+                if err.details.get("status") == 412 and attempt < SET_LABELS_TRIES - 1:
+                    continue  # the metadata changed meanwhile: re-read the fingerprint
+                raise
+            return True
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def delete_hint(self, res: Resource) -> str:
+        kind = {KIND_SNAPSHOT: "snapshots", KIND_IMAGE: "images"}.get(res.kind)
+        if kind:
+            return f"delete it (`gcloud compute {kind} delete {res.id} --project {self.project}`)"
+        return super().delete_hint(res)
 
     # ---- firewall -------------------------------------------------------------------------------
     def _to_firewall(self, fw) -> Firewall:
@@ -829,6 +956,17 @@ class GcpBackend(Backend):
                          labels=dict(d.labels), state="attached" if d.users else "unattached")
                 for _scope, scoped in pages for d in scoped.disks]
 
+    def _list_json(self, path: str, deployment: str | None) -> list:
+        """Every labelled item of a global list (`path`: global/snapshots ...), all pages, as REST JSON."""
+        params = {"filter": label_filter(deployment)}
+        found = []
+        while True:
+            page = self._read(lambda p=dict(params): self.gc.get_json(path, p), f"listing {path}")
+            found.extend(page.get("items") or ())
+            if not page.get("nextPageToken"):
+                return found
+            params["pageToken"] = page["nextPageToken"]
+
     def list_resources(self, deployment: str | None = None) -> list:
         # Every zone, whatever `zones` says: teardown must find what an earlier run placed elsewhere.
         instances = [instance_from_gce(d) for d in self._aggregated_instances(deployment)]
@@ -841,6 +979,13 @@ class GcpBackend(Backend):
         out += [Resource(kind=KIND_ADDRESS, provider=PROVIDER, id=a.name, name=a.name, location=_last(a.region),
                          labels=dict(a.labels), state=a.status or None)
                 for _scope, scoped in pages for a in scoped.addresses]
+        # labelled global kinds: addresses sdcloud may reserve (deleted by teardown), and snapshots / images,
+        # which sdcloud never makes but a user or a snapshot schedule may label (listed, never deleted)
+        for path, kind in (("global/addresses", KIND_ADDRESS), ("global/snapshots", KIND_SNAPSHOT),
+                           ("global/images", KIND_IMAGE)):
+            out += [Resource(kind=kind, provider=PROVIDER, id=d["name"], name=d["name"], location="global",
+                             labels=dict(d.get("labels") or {}), state=d.get("status"))
+                    for d in self._list_json(path, deployment)]
         fw_request = compute_v1.ListFirewallsRequest(project=self.project, filter='name eq "sdcloud-.*"')
         rules = self._read(lambda: list(self.gc.firewalls.list(request=fw_request)), "listing firewall rules")
         for fw in rules:
@@ -855,7 +1000,7 @@ class GcpBackend(Backend):
         deadline = Deadline(wait_timeout)
         for kind in DELETE_ORDER:
             pending = []
-            for res in (r for r in resources if r.kind == kind):
+            for res in (r for r in resources if r.kind == kind and r.kind not in KEPT_KINDS):
                 call, what = self._delete_call(res)
                 if call is None:
                     continue
@@ -878,6 +1023,9 @@ class GcpBackend(Backend):
         if res.kind == KIND_DISK:
             return (lambda: self.gc.disks.delete_unary(project=p, zone=res.location, disk=res.id),
                     f"deleting disk {res.id}")
+        if res.kind == KIND_ADDRESS and res.location == "global":
+            return (lambda: self.gc.global_addresses.delete_unary(project=p, address=res.id),
+                    f"deleting global address {res.id}")
         if res.kind == KIND_ADDRESS:
             return (lambda: self.gc.addresses.delete_unary(project=p, region=res.location, address=res.id),
                     f"deleting address {res.id}")
