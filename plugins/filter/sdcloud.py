@@ -46,6 +46,18 @@ def sdcloud_world_cidrs(values):
     return out
 
 
+def sdcloud_ipv6_cidrs(values):
+    """The items of `values` that are IPv6 networks (the cloud firewall rules sdcloud makes take IPv4 only)."""
+    out = []
+    for v in values or []:
+        try:
+            if ipaddress.ip_network(str(v), strict=False).version == 6:
+                out.append(v)
+        except ValueError:
+            pass
+    return out
+
+
 def sdcloud_host_cidr(address):
     """'203.0.113.7' (or with whitespace/newline, as IP echo services answer) -> '203.0.113.7/32';
     IPv6 -> /128. Fails with a clear message when `address` is not an IP address."""
@@ -109,6 +121,25 @@ def sdcloud_https_url(port, host):
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"
     return f"https://{host}" if int(port) == 443 else f"https://{host}:{int(port)}"
+
+
+def sdcloud_other_providers_message(others, deployment, provider):
+    """The preflight's message for a deployment that also has machines on other providers than `provider`:
+    `others` are those hosts' variables (inventory_hostname, sdcloud_instance.provider/state). Names each
+    machine and, per provider, the fix (static hosts: their own deployment; clouds: delete or work on it)."""
+    others = list(others or [])
+    listed = ", ".join(f"{h['inventory_hostname']} ({h['sdcloud_instance']['provider']}, {h['sdcloud_instance']['state']})"
+                       for h in others)
+    lines = [f"deployment {deployment} also has {listed}, while sdcloud_provider is {provider}."]
+    for p in dict.fromkeys(h["sdcloud_instance"]["provider"] for h in others):
+        if p == "static":
+            names = ", ".join(h["inventory_hostname"] for h in others if h["sdcloud_instance"]["provider"] == "static")
+            fix = f"Give static host(s) {names} their own `deployment:` in static_hosts (inventory/sdcloud.yml)"
+        else:
+            fix = (f"Delete the {p} one (ansible-playbook playbooks/teardown.yml -e sdcloud_provider={p}) "
+                   f"or work on it with -e sdcloud_provider={p}")
+        lines.append(fix + ", or give this deployment another name (export SDCLOUD_NAME=...).")
+    return " ".join(lines)
 
 
 def sdcloud_gpu_names(provider=None):
@@ -204,10 +235,12 @@ class FilterModule:
             "sdcloud_invalid_cidrs": sdcloud_invalid_cidrs,
             "sdcloud_world_cidrs": sdcloud_world_cidrs,
             "sdcloud_host_cidr": sdcloud_host_cidr,
+            "sdcloud_ipv6_cidrs": sdcloud_ipv6_cidrs,
             "sdcloud_cidrs_containing": sdcloud_cidrs_containing,
             "sdcloud_tcp_rules": sdcloud_tcp_rules,
             "sdcloud_port_problems": sdcloud_port_problems,
             "sdcloud_https_url": sdcloud_https_url,
+            "sdcloud_other_providers_message": sdcloud_other_providers_message,
             "sdcloud_gpu_names": sdcloud_gpu_names,
             "sdcloud_gpu_offer": sdcloud_gpu_offer,
             "sdcloud_bad_zones": sdcloud_bad_zones,

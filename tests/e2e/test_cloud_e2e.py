@@ -144,7 +144,8 @@ class EchoServer(http.server.ThreadingHTTPServer):
 class _EchoHandler(http.server.BaseHTTPRequestHandler):
     def do_GET(self):  # noqa: N802
         # /html and /empty: what a wrong sdcloud_ip_echo_url (a web page, a blank answer) gives
-        body = {"/html": b"<html><body>Your IP: 1.2.3.4</body></html>", "/empty": b""}.get(
+        # /ipv6: what an echo service reached over IPv6 answers (the cloud firewall rules take IPv4)
+        body = {"/html": b"<html><body>Your IP: 1.2.3.4</body></html>", "/empty": b"", "/ipv6": b"2001:db8::7\n"}.get(
             self.path, (self.server.answer + "\n").encode())
         self.server.hits += 1
         self.send_response(200)
@@ -356,8 +357,9 @@ def ssh_to(key, user, address) -> list:
      "sdcloud_gpu is 'nvidia-a10g': on gcp use one of nvidia-a100, nvidia-a100-80gb, nvidia-h100, nvidia-l4, nvidia-t4"),
     ({"vars": {"sdcloud_zones": ["us-central1"]}}, "(not valid: us-central1)"),
     ({"env": {"SDCLOUD_INVENTORY_PROVIDERS": "static"}}, "add gcp to `providers` in inventory/sdcloud.yml"),
+    ({"vars": {"sdcloud_access_cidrs": ["2001:db8::/64"]}}, "2001:db8::/64: sdcloud's firewall rules on gcp take IPv4 ranges only"),
     ({"env": {"PYTHONPATH": "@shadow"}}, "needs google-cloud-compute (google.cloud.compute_v1), which does not import"),
-], ids=["gpu-not-in-catalog", "zone-is-a-region", "inventory-misses-gcp", "sdk-missing"])
+], ids=["gpu-not-in-catalog", "zone-is-a-region", "inventory-misses-gcp", "ipv6-cidr", "sdk-missing"])
 def test_cloud_preflight_fails_before_anything_is_created(base, gce, tmp_path, case, needle):
     over, env_extra = case.get("vars", {}), dict(case.get("env", {}))
     env = gcp_env(base, gce, "e2e-pre")
@@ -380,8 +382,9 @@ def test_cloud_preflight_fails_before_anything_is_created(base, gce, tmp_path, c
 
 
 @pytest.mark.parametrize(("path", "needle"), [
-    ("/html", 'answered "<html><body>Your IP: 1.2.3.4</body></html>", not an IP address'),
-    ("/empty", 'answered "", not an IP address'),
+    ("/html", 'answered "<html><body>Your IP: 1.2.3.4</body></html>", not an IPv4 address'),
+    ("/empty", 'answered "", not an IPv4 address'),
+    ("/ipv6", 'answered "2001:db8::7", not an IPv4 address (the cloud firewall rules take IPv4)'),
 ])
 def test_ip_echo_that_is_not_an_address(base, gce, path, needle):
     gce.requests.clear()

@@ -7,6 +7,8 @@ from plugins.filter.sdcloud import (
     sdcloud_host_cidr,
     sdcloud_https_url,
     sdcloud_invalid_cidrs,
+    sdcloud_ipv6_cidrs,
+    sdcloud_other_providers_message,
     sdcloud_port_problems,
     sdcloud_tcp_rules,
 )
@@ -53,3 +55,18 @@ def test_https_url():
     assert sdcloud_https_url(443, "203.0.113.7") == "https://203.0.113.7"
     assert sdcloud_https_url("7443", "203.0.113.7") == "https://203.0.113.7:7443"
     assert sdcloud_https_url(8443, "2001:db8::1") == "https://[2001:db8::1]:8443"
+
+
+def test_ipv6_cidrs():
+    assert sdcloud_ipv6_cidrs(["203.0.113.7/32", "2001:db8::/64", "junk", "::/0"]) == ["2001:db8::/64", "::/0"]
+
+
+def test_other_providers_message_names_each_machine_and_the_fix():
+    others = [{"inventory_hostname": "demo.gcp", "sdcloud_instance": {"provider": "gcp", "state": "stopped"}},
+              {"inventory_hostname": "box", "sdcloud_instance": {"provider": "static", "state": "running"}}]
+    assert sdcloud_other_providers_message(others, "demo", "aws") == (
+        "deployment demo also has demo.gcp (gcp, stopped), box (static, running), while sdcloud_provider is aws. "
+        "Delete the gcp one (ansible-playbook playbooks/teardown.yml -e sdcloud_provider=gcp) or work on it with "
+        "-e sdcloud_provider=gcp, or give this deployment another name (export SDCLOUD_NAME=...). "
+        "Give static host(s) box their own `deployment:` in static_hosts (inventory/sdcloud.yml), or give this "
+        "deployment another name (export SDCLOUD_NAME=...).")
