@@ -35,8 +35,11 @@ options:
     required: true
   state:
     description:
-      - V(present) and V(running) create the instance if missing and start it if stopped, then wait until it runs
-        with a public IP.
+      - V(present) and V(running) create the instance if missing and start it if stopped (resume it if suspended,
+        waiting first for a stop in progress), then wait until it runs with a public IP.
+      - For an existing instance, O(ssh_public_key) is checked against the key it accepts, GCP, its C(ssh-keys)
+        metadata is updated to the key (changed); AWS cannot change the key of an instance, so the module fails
+        naming how to fix it when the deployment's key pair holds another key.
       - V(stopped) stops it and keeps its disk (storage is still billed; the result says how much). A stopped pod
         keeps its volume but not its GPU; a later start can find that GPU rented by someone else (the error says so).
       - V(absent) deletes the instance and its disk, and on AWS the key pair and security group made for it; a pod
@@ -102,7 +105,9 @@ options:
       - Mutually exclusive with O(image).
     type: str
   ssh_public_key:
-    description: OpenSSH public key line to authorize for O(ssh_user) (AWS, imported as key pair C(sdcloud-<name>)).
+    description:
+      - OpenSSH public key line to authorize for O(ssh_user). AWS, imported as key pair C(sdcloud-<name>); a key pair
+        of that name holding another key is replaced before an instance is created.
     type: str
   ssh_user:
     description: Login user of the image (pods log in as C(root), whatever this says).
@@ -235,7 +240,12 @@ instance:
     id: {description: Cloud instance id (pod id, vast.ai instance id)., type: str}
     zone: {description: Zone it runs in., type: str}
     region: {description: Its region., type: str}
-    state: {description: "running, stopped, pending, stopping or terminated.", type: str}
+    state:
+      description:
+        - V(running), V(stopped), V(pending), V(stopping), V(terminated), or V(suspended) (GCP SUSPENDING /
+          SUSPENDED, its memory kept and billed; O(state=present) resumes it, O(state=stopped) reports it and
+          changes nothing).
+      type: str
     gpu: {description: Neutral GPU name., type: str}
     machine_type: {description: Machine / instance type., type: str}
     spot: {description: Whether it is a spot instance., type: bool}
@@ -287,6 +297,8 @@ attempts:
           (a regional quota, its region; a global one, every zone).
         - V(Throttled) (failed) the API kept throttling the create call after retries.
         - V(NoNetwork) (skipped) nothing to attach the instance to in that zone (AWS, no subnet in the zone).
+        - V(Preempted) (failed) the spot instance was created but reclaimed before it ran (found at the next poll
+          of the create wait); it was deleted and the next zone is tried.
       type: str
     cloud_code:
       description: The cloud's own error code (V(ZONE_RESOURCE_POOL_EXHAUSTED), V(InsufficientInstanceCapacity),
@@ -359,6 +371,7 @@ from ansible.module_utils.sdcloud.base import (
     RUNNING,
     STOPPED,
     STOPPING,
+    SUSPENDED,
     Instance,
     InstanceSpec,
     SdcloudError,
@@ -423,6 +436,20 @@ def _validate(params) -> None:
         catalog.offering(params["provider"], params["gpu"])  # raises with the valid names
 
 
+def _key_changed(module, backend, found, result) -> bool:
+    """Make the existing instance accept ssh_public_key (the operator's key may have changed since it was
+    created): True when that changed something (or would, in check mode); result["key_msg"] says what."""
+    p = module.params
+    if not p["ssh_public_key"]:
+        return False
+    if not backend.ensure_ssh_key(found, p["ssh_user"], p["ssh_public_key"], p["wait_timeout"], module.check_mode):
+        return False
+    result["changed"] = True
+    verb = "would authorize" if module.check_mode else "authorized"
+    result["key_msg"] = f"{verb} the current ssh_public_key for {p['ssh_user']} (the instance had another key)"
+    return True
+
+
 def ensure(module, backend) -> dict:
     """The module's logic; returns exit_json kwargs. Raises SdcloudError."""
     p = module.params
@@ -460,18 +487,26 @@ def ensure(module, backend) -> dict:
                 result["msg"] = (f"created {inst.machine_type} ({inst.gpu}, {'spot' if inst.spot else 'on-demand'}) "
                                  f"in {inst.zone}, ~${inst.hourly_price}/h{traffic} ({catalog.price_note(provider)})")
                 after = _summary(inst)
-        elif found.state in (STOPPED, STOPPING, PENDING):
-            result["changed"] = found.state != PENDING
-            if check:
+        elif _key_changed(module, backend, found, result) or found.state in (STOPPED, STOPPING, PENDING, SUSPENDED):
+            result["changed"] = result["changed"] or found.state != PENDING
+            if found.state == RUNNING:
                 result["instance"] = found.to_dict()
-                result["msg"] = f"would start {found.id} in {found.zone}" if result["changed"] else \
+                result["msg"] = f"{found.id} runs in {found.zone}; {result['key_msg']}"
+                after = before
+            elif check:
+                result["instance"] = found.to_dict()
+                verb = "resume" if found.state == SUSPENDED else "start"
+                result["msg"] = f"would {verb} {found.id} in {found.zone}" if result["changed"] else \
                     f"{found.id} is starting"
                 after = dict(before, state=RUNNING)
             else:
                 inst = backend.start_instance(found, p["wait_timeout"])
                 result["instance"] = inst.to_dict()
-                result["msg"] = f"started {inst.id} in {inst.zone}, ~${inst.hourly_price}/h"
+                verb = "resumed" if found.state == SUSPENDED else "started"
+                result["msg"] = f"{verb} {inst.id} in {inst.zone}, ~${inst.hourly_price}/h"
                 after = _summary(inst)
+            if result.get("key_msg") and found.state != RUNNING:
+                result["msg"] += f"; {result['key_msg']}"
         else:
             result["instance"] = found.to_dict()
             result["msg"] = f"{found.id} is {found.state} in {found.zone}"
@@ -483,6 +518,14 @@ def ensure(module, backend) -> dict:
     elif state == STOPPED:
         if found is None:
             result["msg"] = f"deployment {p['name']!r} has no instance: nothing to stop"
+            after = before
+        elif found.state == SUSPENDED:  # not stopped: say what it still costs, change nothing
+            cost = _disk_cost(provider, found, p["disk_size_gb"])
+            result.update(instance=found.to_dict(), disk_monthly_cost=cost, msg=(
+                f"{found.id} is suspended, not stopped: its memory is kept in storage and billed besides the "
+                f"{found.disk_size_gb or p['disk_size_gb']} GB disk (about ${cost:.2f}/month for the disk alone). "
+                "state: present resumes it; to bill the disk only, resume it (state: present) and stop it "
+                "(state: stopped); state: absent deletes it"))
             after = before
         else:
             result["changed"] = found.state != STOPPED

@@ -114,3 +114,41 @@ def test_failover_and_quota_failure_reported(gce):
     assert f"iam-admin/quotas?project={P}" in res["msg"]
     assert [a["result"] for a in res["attempts"]] == ["failed", "skipped"]
     assert "Traceback" not in res["msg"]
+
+
+NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMi4EDuuQAk9KvzaZxqOiX77j9yp/VAEP6w3DPdpO5mB op@new-laptop"
+
+
+def _ssh_keys(gce):
+    items = gce.instances[(P, "us-central1-a", "sd1")]["metadata"]["items"]
+    return next(i["value"] for i in items if i["key"] == "ssh-keys")
+
+
+@pytest.mark.parametrize("stopped", [False, True])
+def test_changed_key_is_authorized_on_the_existing_vm(gce, stopped):
+    failed, res = run(gce)
+    assert not failed, res["msg"]
+    if stopped:
+        assert not run(gce, state="stopped")[0]
+    failed, res = run(gce, check=True, ssh_public_key=NEW_KEY)
+    assert not failed and res["changed"] and "would authorize the current ssh_public_key" in res["msg"]
+    assert _ssh_keys(gce) == f"ubuntu:{KEY}"
+    failed, res = run(gce, ssh_public_key=NEW_KEY)
+    assert not failed and res["changed"] is True, res["msg"]
+    assert "authorized the current ssh_public_key for ubuntu" in res["msg"] and res["instance"]["state"] == "running"
+    assert _ssh_keys(gce) == f"ubuntu:{NEW_KEY}"
+    failed, res = run(gce, ssh_public_key=NEW_KEY)
+    assert not failed and res["changed"] is False
+
+
+def test_suspended_vm_is_reported_then_resumed(gce):
+    assert not run(gce)[0]
+    inst = gce.instances[(P, "us-central1-a", "sd1")]
+    inst["status"] = "SUSPENDED"  # suspended from the console (the stand-in's suspend is exercised elsewhere)
+    failed, res = run(gce, state="stopped")
+    assert not failed and res["changed"] is False and res["instance"]["state"] == "suspended"
+    assert "is suspended, not stopped: its memory is kept in storage and billed" in res["msg"]
+    assert gce.requests_for("instances.stop") == []
+    failed, res = run(gce)
+    assert not failed and res["changed"] and res["msg"].startswith("resumed ")
+    assert res["instance"]["state"] == "running" and len(gce.requests_for("instances.resume")) == 1
