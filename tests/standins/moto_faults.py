@@ -14,6 +14,10 @@ Control endpoint (JSON):
   GET    /_requests  every EC2 call seen: [{"action", "zone", "market", "faulted"}] (+ "params", the
                      query parameters, for RunInstances);  DELETE clears.
   POST   /_console   {"instance_id", "output"}: what the instance printed on its serial console (see hooks)
+  POST   /_interrupt {"zone": "us-east-1a", "count": 1, "code": "Server.SpotInstanceShutdown"}: the next `count`
+                     spot instances RunInstances launches in `zone` are interrupted at once (moto has no spot
+                     market): stopped (...Shutdown) or terminated (...Termination), with that StateReason, so
+                     the caller's next DescribeInstances sees a spot interruption. GET lists them; DELETE clears.
   POST   /moto-api/reset  moto's own reset (clears all AWS state).
 
 Instance hooks (in-process only, see serve_in_thread): `on_instance_running(info) -> str | None` is
@@ -80,6 +84,17 @@ DEFAULTS = {
 }
 
 
+# StateReason of a spot interruption (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html).
+INTERRUPTIONS = {
+    "Server.SpotInstanceShutdown": "The instance was stopped because the number of Spot requests with a maximum "
+                                   "price equal to or higher than the Spot price exceeded available capacity or "
+                                   "because of an increase in the Spot price.",
+    "Server.SpotInstanceTermination": "The instance was terminated because the number of Spot requests with a "
+                                      "maximum price equal to or higher than the Spot price exceeded available "
+                                      "capacity or because of an increase in the Spot price.",
+}
+
+
 def error_xml(code: str, message: str) -> bytes:
     """The EC2 query-protocol error body (what botocore's ec2 parser reads)."""
     message = message.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
@@ -106,6 +121,7 @@ class FaultMiddleware:
         self.on_instance_stopped = on_instance_stopped
         self.on_instance_deleted = on_instance_deleted
         self.console: dict = {}  # instance id -> console text its running hook returned
+        self.interrupts: list = []  # {"zone", "count", "code"}: spot interruptions to play (see /_interrupt)
 
     # -- control endpoint ---------------------------------------------------------------------
     def _json(self, start_response, obj, status="200 OK"):
@@ -127,6 +143,17 @@ class FaultMiddleware:
                 elif method == "DELETE":
                     self.faults.clear()
                 return self._json(start_response, {"faults": self.faults})
+            if path == "/_interrupt":
+                if method == "POST":
+                    data = json.loads(_read_body(environ) or b"{}")
+                    if data.get("code") not in INTERRUPTIONS:
+                        return self._json(start_response, {"error": f"code must be one of {sorted(INTERRUPTIONS)}"},
+                                          "400 Bad Request")
+                    self.interrupts.append({"zone": data.get("zone"), "count": int(data.get("count", 1)),
+                                            "code": data["code"]})
+                elif method == "DELETE":
+                    self.interrupts.clear()
+                return self._json(start_response, {"interrupts": self.interrupts})
             if path == "/_console":  # what an instance printed on its serial console (as the hook's console_output)
                 if method == "POST":
                     data = json.loads(_read_body(environ) or b"{}")
@@ -153,7 +180,7 @@ class FaultMiddleware:
 
     def __call__(self, environ, start_response):
         path = environ.get("PATH_INFO", "")
-        if path in ("/_faults", "/_requests", "/_console"):
+        if path in ("/_faults", "/_requests", "/_console", "/_interrupt"):
             return self._control(environ, start_response, path)
         body = _read_body(environ)
         form = {}
@@ -174,6 +201,14 @@ class FaultMiddleware:
             self.requests.append(entry)
         if fault is None and action == "GetConsoleOutput" and form.get("InstanceId") in self.console:
             return self._console_output(start_response, form["InstanceId"])
+        if fault is None and action == "RunInstances" and market == "spot":
+            with self.lock:
+                interrupt = next((i for i in self.interrupts if i["count"] > 0 and i["zone"] in (None, zone)), None)
+                if interrupt:
+                    interrupt["count"] -= 1
+            if interrupt:
+                return self._hooked(environ, start_response, lambda info: self._interrupt(info, interrupt["code"]),
+                                    action)
         if fault is None:
             hook = getattr(self, HOOKED_ACTIONS.get(action, ""), None)
             if hook is None:
@@ -224,6 +259,20 @@ class FaultMiddleware:
         headers.append(("Content-Length", str(len(body))))
         start_response(seen["status"], headers)
         return [body]
+
+    @staticmethod
+    def _interrupt(info: dict, code: str) -> None:
+        """Play EC2 reclaiming the spot instance: stopped or terminated, with the StateReason EC2 gives."""
+        from moto.core import DEFAULT_ACCOUNT_ID  # noqa: PLC0415
+        from moto.ec2.models import ec2_backends  # noqa: PLC0415
+        from moto.ec2.models.instances import StateReason  # noqa: PLC0415
+
+        inst = ec2_backends[DEFAULT_ACCOUNT_ID][info["region"]].get_instance(info["id"])
+        if code == "Server.SpotInstanceShutdown":
+            inst.stop()
+        else:
+            inst.terminate()
+        inst.state_reason = StateReason(f"{code}: {INTERRUPTIONS[code]}", code)
 
     def _run_hook(self, hook, action, region, instance_id, body: bytes) -> bytes:
         from moto.core import DEFAULT_ACCOUNT_ID  # noqa: PLC0415
@@ -326,6 +375,7 @@ class Control:
         self._call("POST", "/moto-api/reset")
         self._call("DELETE", "/_faults")
         self._call("DELETE", "/_requests")
+        self._call("DELETE", "/_interrupt")
 
     def fault(self, action: str, code: str, zone: str | None = None, market: str | None = None,
               count: int | None = None, **extra):
@@ -334,6 +384,10 @@ class Control:
 
     def faults(self) -> list:
         return self._call("GET", "/_faults")["faults"]
+
+    def interrupt(self, code: str = "Server.SpotInstanceShutdown", zone: str | None = None, count: int = 1):
+        """Interrupt the next `count` spot instances launched in `zone` (any zone when None) right away."""
+        self._call("POST", "/_interrupt", {"code": code, "zone": zone, "count": count})
 
     def requests(self, action: str | None = None) -> list:
         reqs = self._call("GET", "/_requests")["requests"]
@@ -386,6 +440,12 @@ def prepare_aws(monkeypatch) -> Control:
     monkeypatch.setattr(errors, "RETRY_BASE", 0.01)
     clients._AWS_SESSIONS.clear()
     return ctl
+
+
+def RETRY_TRIES() -> int:  # noqa: N802 - the value errors.RETRY_TRIES has now, for tests that count calls
+    from ansible.module_utils.sdcloud import errors  # noqa: PLC0415
+
+    return errors.RETRY_TRIES
 
 
 def load_module(name: str):

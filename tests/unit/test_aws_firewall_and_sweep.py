@@ -150,3 +150,35 @@ def test_sweep_of_running_deployment(moto, ec2):
     assert sweep()[1]["resources"] == []
     states = [i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]]
     assert states == ["terminated"]
+
+
+def test_proof_names_a_tagged_snapshot_it_does_not_delete(moto, ec2):
+    inst = create_instance()
+    ours = [{"Key": "sdcloud-managed", "Value": "true"}, {"Key": "sdcloud-deployment", "Value": "sd1"}]
+    vol = ec2.describe_volumes(Filters=[{"Name": "attachment.instance-id", "Values": [inst["id"]]}])["Volumes"][0]
+    # a backup policy copied the volume's tags to its snapshot; another deployment's snapshot must not show
+    snap = ec2.create_snapshot(VolumeId=vol["VolumeId"], TagSpecifications=[{"ResourceType": "snapshot",
+                                                                               "Tags": ours}])
+    ec2.create_snapshot(VolumeId=vol["VolumeId"], TagSpecifications=[{"ResourceType": "snapshot", "Tags": [
+        {"Key": "sdcloud-managed", "Value": "true"}, {"Key": "sdcloud-deployment", "Value": "other"}]}])
+    failed, res = sweep()
+    assert not failed, res["msg"]
+    assert sorted((r["kind"], r["id"]) for r in res["resources"] if r["kind"] in ("snapshot", "instance")) == [
+        ("instance", inst["id"]), ("snapshot", snap["SnapshotId"])]
+
+    failed, res = sweep(check=True, state="absent")
+    assert not failed and f"would leave, and fail on: snapshot {snap['SnapshotId']}" in res["msg"]
+    failed, res = sweep(state="absent")
+    assert failed
+    assert res["msg"] == (
+        f"teardown incomplete, 1 resource remains: snapshot {snap['SnapshotId']} in us-east-1 (labelled "
+        "sdcloud-deployment=sd1, sdcloud-managed=true): sdcloud never creates a snapshot and does not delete one; "
+        f"delete it (`aws ec2 delete-snapshot --snapshot-id {snap['SnapshotId']} --region us-east-1`), or remove its "
+        "sdcloud-managed and sdcloud-deployment labels to keep it")
+    assert [r["kind"] for r in res["remaining"]] == ["snapshot"]
+    assert moto.requests("DeleteSnapshot") == []
+    assert ec2.describe_instances(InstanceIds=[inst["id"]])["Reservations"][0]["Instances"][0]["State"][
+        "Name"] == "terminated"  # everything sdcloud made went
+    ec2.delete_snapshot(SnapshotId=snap["SnapshotId"])
+    failed, res = sweep(state="absent")
+    assert not failed and res["remaining"] == []

@@ -248,3 +248,80 @@ def test_auth_error_names_the_fix(moto):
     assert failed
     assert "UnauthorizedOperation" in res["msg"] and "ec2:DescribeInstances" in res["msg"]
     assert "Traceback" not in res["msg"]
+
+
+def test_persistent_throttling_says_wait_not_more_zones(moto, ec2):
+    # EC2 throttles per account and region: the region is given up after one zone's backoff, other regions tried
+    moto.fault("RunInstances", "RequestLimitExceeded")
+    failed, res = run(zones=["us-east-1"], spot_fallback="on-demand")
+    assert failed
+    assert "EC2 is throttling this account in us-east-1: wait a few minutes and re-run" in res["msg"]
+    assert "on-demand" not in res["msg"].split("To fix:")[1] and "more zones" not in res["msg"]
+    runs = moto.requests("RunInstances")
+    assert {r["zone"] for r in runs} == {"us-east-1a"} and len(runs) == moto_faults.RETRY_TRIES()
+    assert [a["result"] for a in res["attempts"]][:2] == ["failed", "skipped"]
+    assert {a["code"] for a in res["attempts"]} - {"NotOffered"} == {"Throttled"} and res["code"] == "Throttled"
+    assert live_instances(ec2) == []
+
+
+def test_throttled_region_does_not_stop_another_region(moto):
+    moto.fault("RunInstances", "RequestLimitExceeded", zone="us-east-1a")
+    failed, res = run(zones=["us-east-1a", "us-east-1b", "us-west-2a"])
+    assert not failed, res["msg"]
+    assert res["instance"]["zone"] == "us-west-2a"
+    assert [(a["zone"], a["result"]) for a in res["attempts"]] == [
+        ("us-east-1a", "failed"), ("us-east-1b", "skipped"), ("us-west-2a", "created")]
+
+
+@pytest.mark.parametrize("code", ["Server.SpotInstanceShutdown", "Server.SpotInstanceTermination"])
+def test_spot_interrupted_during_the_create_wait_moves_on(moto, ec2, code):
+    import time
+
+    moto.interrupt(code, zone="us-east-1a")
+    start = time.monotonic()
+    failed, res = run(wait_timeout=60)
+    assert not failed, res["msg"]
+    assert time.monotonic() - start < 20 and res["instance"]["zone"] == "us-east-1b"
+    assert [(a["zone"], a["result"], a["code"], a["cloud_code"]) for a in res["attempts"]] == [
+        ("us-east-1a", "failed", "Preempted", code), ("us-east-1b", "created", None, None)]
+    assert [i["Placement"]["AvailabilityZone"] for i in live_instances(ec2)] == ["us-east-1b"]  # the lost one went
+
+
+def test_spot_interrupted_everywhere_fails_naming_it(moto, ec2):
+    moto.interrupt(count=2)
+    failed, res = run(wait_timeout=60)
+    assert failed and res["code"] == "Preempted"
+    assert "us-east-1a (spot): failed Preempted" in res["msg"] and "spot_fallback: on-demand" in res["msg"]
+    assert live_instances(ec2) == []
+
+
+NEW_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIMi4EDuuQAk9KvzaZxqOiX77j9yp/VAEP6w3DPdpO5mB op@new-laptop"
+
+
+def test_changed_key_replaces_the_key_pair_before_a_create(moto, ec2):
+    # a run that failed after the key pair was made (no capacity), then the operator's key changed
+    moto.fault("RunInstances", "InsufficientInstanceCapacity", count=2)
+    failed, _ = run()
+    assert failed and ec2.describe_key_pairs(KeyNames=["sdcloud-sd1"])["KeyPairs"]
+    failed, res = run(ssh_public_key=NEW_KEY)
+    assert not failed, res["msg"]
+    pair = ec2.describe_key_pairs(KeyNames=["sdcloud-sd1"], IncludePublicKey=True)["KeyPairs"][0]
+    assert pair["PublicKey"].split()[:2] == NEW_KEY.split()[:2] and tags(pair)["sdcloud-deployment"] == "sd1"
+    assert [r["action"] for r in moto.requests() if r["action"] in ("DeleteKeyPair", "ImportKeyPair")] == [
+        "ImportKeyPair", "DeleteKeyPair", "ImportKeyPair"]
+    assert live_instances(ec2)[0]["KeyName"] == "sdcloud-sd1"
+
+
+def test_changed_key_of_an_existing_instance_is_named(moto, ec2):
+    failed, res = run()
+    assert not failed, res["msg"]
+    failed, res = run(ssh_public_key=NEW_KEY)
+    assert failed and res["code"] == "KeyMismatch"
+    assert f"instance {res_id(ec2)} of deployment 'sd1' was launched with key pair sdcloud-sd1" in res["msg"]
+    assert "EC2 cannot change the key of an instance" in res["msg"] and "~ubuntu/.ssh/authorized_keys" in res["msg"]
+    failed, res = run()  # the same key: fine
+    assert not failed and res["changed"] is False
+
+
+def res_id(ec2):
+    return live_instances(ec2)[0]["InstanceId"]

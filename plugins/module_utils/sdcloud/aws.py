@@ -13,6 +13,17 @@ Placement is base.Backend.create_instance; this file writes its hooks (placement
 regions, offers_in_zone reads DescribeInstanceTypeOfferings, try_zone prepares the region once and
 calls RunInstances without SDK retries, classify_error sorts capacity / quota / throttling codes).
 
+Throttling (RequestLimitExceeded) is per account and region: RunInstances is retried with backoff within
+the deadline, then the region is given up (its other zones skipped, in the on-demand pass too) with "EC2 is
+throttling this account in <region>: wait a few minutes and re-run"; other regions are still tried.
+A spot instance found stopped/terminated with a Server.SpotInstance* StateReason during the create wait was
+interrupted (Backend.preemption): it is deleted and the walk goes on.
+The key pair: a tagged pair of the deployment's name holding another key (compared with DescribeKeyPairs
+IncludePublicKey) is replaced before a create; an existing instance launched with it fails with the fix
+(ensure_ssh_key), since EC2 cannot change an instance's key.
+The sweep adds the Resource Groups Tagging API (tag:GetResources): any other tagged resource (a snapshot, an
+AMI, another service's) is listed as snapshot / image / other, never deleted.
+
 Host keys: cloud-init prints the instance's SSH host keys on the serial console between
 "-----BEGIN SSH HOST KEY KEYS-----" and "-----END SSH HOST KEY KEYS-----"; host_keys() reads them
 with GetConsoleOutput (Latest=true on Nitro instance types, the buffered output otherwise) so the
@@ -24,6 +35,7 @@ from __future__ import annotations
 import datetime
 import itertools
 import re
+import time
 
 from ansible.module_utils.sdcloud import catalog
 from ansible.module_utils.sdcloud.base import (
@@ -32,11 +44,15 @@ from ansible.module_utils.sdcloud.base import (
     CODE_QUOTA,
     CODE_THROTTLED,
     DELETE_ORDER,
+    KEPT_KINDS,
     KIND_ADDRESS,
     KIND_DISK,
     KIND_FIREWALL,
+    KIND_IMAGE,
     KIND_INSTANCE,
     KIND_KEY_PAIR,
+    KIND_OTHER,
+    KIND_SNAPSHOT,
     KIND_SPOT_REQUEST,
     LABEL_DEPLOYMENT,
     LABEL_MANAGED,
@@ -86,6 +102,29 @@ _STATES = {
     "terminated": TERMINATED,
 }
 LIVE_STATES = ["pending", "running", "stopping", "stopped"]
+
+# StateReason codes of a spot interruption (https://docs.aws.amazon.com/AWSEC2/latest/APIReference/API_StateReason.html):
+# "Server.SpotInstanceShutdown: The instance was stopped because the number of Spot requests with a maximum
+# price equal to or higher than the Spot price exceeded available capacity ...", and ...Termination likewise.
+SPOT_INTERRUPTED = frozenset({"Server.SpotInstanceShutdown", "Server.SpotInstanceTermination"})
+
+# Resource Groups Tagging API resource types the explicit EC2 listings below already cover (with the states
+# that matter: a terminated instance stays "tagged" there for a while); any other tagged type is listed from it.
+COVERED_ARN_TYPES = frozenset({"instance", "volume", "security-group", "key-pair", "elastic-ip",
+                               "spot-instances-request"})
+ARN_KINDS = {"snapshot": KIND_SNAPSHOT, "image": KIND_IMAGE}
+
+
+def throttle_fix(region: str) -> str:
+    """EC2 limits API requests per account and region (https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html):
+    more zones or another market do not help, time does."""
+    return f"EC2 is throttling this account in {region}: wait a few minutes and re-run"
+
+
+def key_material(public_key: str | None) -> str | None:
+    """'type base64' of an OpenSSH public key line (the comment dropped), to compare two keys."""
+    fields = (public_key or "").split()
+    return " ".join(fields[:2]) if len(fields) >= 2 else None
 
 _REGION_RE = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _AZ_RE = re.compile(r"(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)(?:[a-z]|-[a-z]+-\d+[a-z])")
@@ -211,6 +250,7 @@ class AwsBackend(Backend):
         self.regions = regions
         self._clients: dict = {}
         self._offered: dict = {}  # (region, instance type) -> the AZs offering it
+        self._state_reasons: dict = {}  # instance id -> its StateReason as last read (preemption)
 
     @classmethod
     def from_params(cls, params: dict) -> AwsBackend:
@@ -322,7 +362,41 @@ class AwsBackend(Backend):
 
     def read_instance(self, instance: Instance) -> Instance | None:
         d = self._get(instance)
-        return instance_from_aws(d, instance.region, instance.disk_size_gb) if d else None
+        if not d:
+            return None
+        self._state_reasons[d["InstanceId"]] = d.get("StateReason") or {}
+        return instance_from_aws(d, instance.region, instance.disk_size_gb)
+
+    def preemption(self, instance: Instance) -> tuple | None:
+        """A spot interruption: stopping, stopped or terminated with a Server.SpotInstance* StateReason."""
+        reason = self._state_reasons.get(instance.id) or {}
+        if instance.spot and instance.state in (STOPPING, STOPPED, TERMINATED) and reason.get("Code") in SPOT_INTERRUPTED:
+            return (f"EC2 interrupted the spot instance {instance.id} in {instance.zone} before it ran "
+                    f"({reason.get('Message') or reason['Code']}); it was deleted", reason["Code"])
+        return None
+
+    def ensure_ssh_key(self, instance: Instance, ssh_user: str, public_key: str, wait_timeout: int,
+                       check: bool = False) -> bool:
+        """EC2 puts the key pair's key on the instance at its first boot only: when the deployment's key pair holds
+        another key than ssh_public_key, the instance has the old key. Say so and how to fix (nothing changes)."""
+        d = self._get(instance) or {}
+        key_name = d.get("KeyName")
+        if not key_name:
+            return False  # launched without a key pair: nothing to compare
+        res = aws_call(self.ec2(instance.region).describe_key_pairs, "reading the key pair", instance.region,
+                       Filters=[{"Name": "key-name", "Values": [key_name]}], IncludePublicKey=True)
+        pairs = res.get("KeyPairs", [])
+        have = key_material(pairs[0].get("PublicKey")) if pairs else None
+        if have is None or have == key_material(public_key):
+            return False
+        raise SdcloudError(
+            f"instance {instance.id} of deployment {instance.name!r} was launched with key pair {key_name}, which "
+            f"holds another SSH key than ssh_public_key (your key changed since?): EC2 cannot change the key of an "
+            f"instance, so SSH with the new key would be refused. Fix: use the old key again (sdcloud_ssh_key_path); "
+            f"or append the new public key to ~{ssh_user}/.ssh/authorized_keys on the machine (with the old key, or "
+            f"EC2 Instance Connect) and then replace the key pair (`aws ec2 delete-key-pair --key-name {key_name} "
+            f"--region {instance.region}`; sdcloud imports the new key on the next create); or delete the "
+            f"instance (teardown.yml; its disk goes with it) and provision again", code="KeyMismatch")
 
     # --- per-deployment prerequisites ------------------------------------------------------------
     def _default_vpc(self, region: str) -> str:
@@ -361,10 +435,17 @@ class AwsBackend(Backend):
     def ensure_key_pair(self, region: str, name: str, public_key: str, labels: dict) -> str:
         ec2 = self.ec2(region)
         key_name = resource_name(name)
-        res = aws_call(ec2.describe_key_pairs, "finding the key pair", region, Filters=_tag_filters(name))
+        res = aws_call(ec2.describe_key_pairs, "finding the key pair", region, Filters=_tag_filters(name),
+                       IncludePublicKey=True)
         for kp in res.get("KeyPairs", []):
-            if kp["KeyName"] == key_name:
+            if kp["KeyName"] != key_name:
+                continue
+            if key_material(kp.get("PublicKey")) in (None, key_material(public_key)):
                 return key_name
+            # The operator's key changed (a new computer) and no instance uses the pair yet (gpu_instance found
+            # none): an instance launched with the old one could not be reached. Replace it before the launch.
+            aws_call(ec2.delete_key_pair, f"replacing key pair {key_name} (it holds another key)", region,
+                     KeyName=key_name)
         try:
             retry(ec2.import_key_pair, KeyName=key_name, PublicKeyMaterial=public_key.strip().encode(),
                   TagSpecifications=[{"ResourceType": "key-pair", "Tags": _tag_list(labels)}])
@@ -432,7 +513,8 @@ class AwsBackend(Backend):
 
     def prepare_placement(self, spec: InstanceSpec, offer: catalog.Offering) -> dict:
         # regions are prepared on their first try: a walk that succeeds in its first region touches no other
-        return {"spec": spec, "offer": offer, "labels": managed_labels(spec.name, spec.labels), "regions": {}}
+        return {"spec": spec, "offer": offer, "labels": managed_labels(spec.name, spec.labels), "regions": {},
+                "throttled": set()}
 
     def _prepare_region(self, placement: dict, region: str) -> tuple:
         """(image, vpc, security group, key pair name) of `region`, made once per create."""
@@ -448,13 +530,19 @@ class AwsBackend(Backend):
     def try_zone(self, placement: dict, zone: str, spot: bool, deadline: Deadline) -> Instance:
         spec, offer = placement["spec"], placement["offer"]
         region = region_of(zone)
+        if region in placement["throttled"]:  # the on-demand pass after a throttled spot pass: the limit is the same
+            raise ZoneRefused(Refusal(CODE_THROTTLED, f"EC2 throttled this account in {region} earlier in this run",
+                                      "RequestLimitExceeded", scope=SCOPE_REGION, fix=throttle_fix(region),
+                                      skipped=True))
         image, vpc, sg, key_name = self._prepare_region(placement, region)
         subnet = self._subnet(region, vpc, zone)
         if not subnet:
             raise ZoneRefused(Refusal(CODE_NO_NETWORK, f"no subnet in {zone} (create one: `aws ec2 create-default-subnet "
                                       f"--availability-zone {zone}`)", skipped=True))
         params = self._run_params(spec, offer, image, zone, subnet, sg, key_name, spot, placement["labels"])
-        res = retry(self.ec2(region, run=True).run_instances, **params)  # throttling only; a refusal is raised
+        # throttling only, with backoff, never past the deadline; a refusal is raised
+        res = retry(self.ec2(region, run=True).run_instances, sleep=lambda t: time.sleep(min(t, deadline.remaining())),
+                    **params)
         return instance_from_aws(res["Instances"][0], region, disk_size_gb=int(spec.disk_size_gb))
 
     def classify_error(self, exc: Exception, placement: dict, zone: str, spot: bool):
@@ -466,8 +554,10 @@ class AwsBackend(Backend):
             qcode, qname = catalog.aws_quota(offer, spot)
             return Refusal(CODE_QUOTA, aws_message(exc), code, scope=SCOPE_REGION, quota=f"{qcode} ({qname})",
                            fix=quota_help(qcode, qname, region, offer.vcpus))
-        if is_aws_throttling(exc):
-            return Refusal(CODE_THROTTLED, f"throttled after retries: {aws_message(exc)}", code)
+        if is_aws_throttling(exc):  # per account and region: the region's other zones would be throttled too
+            placement["throttled"].add(region)
+            return Refusal(CODE_THROTTLED, f"throttled after retries: {aws_message(exc)}", code, scope=SCOPE_REGION,
+                           fix=throttle_fix(region))
         return aws_error(exc, f"launching {offer.machine_type} in {zone}", region)
 
     # --- state changes ---------------------------------------------------------------------------
@@ -525,7 +615,8 @@ class AwsBackend(Backend):
             # a persistent spot request would launch a replacement: cancel it first
             aws_call(ec2.cancel_spot_instance_requests, "cancelling the spot request", instance.region,
                      SpotInstanceRequestIds=[d["SpotInstanceRequestId"]])
-        aws_call(ec2.terminate_instances, f"terminating {instance.id}", instance.region, InstanceIds=[instance.id])
+        if d and d.get("State", {}).get("Name") != "terminated":  # a spot interruption may have terminated it
+            aws_call(ec2.terminate_instances, f"terminating {instance.id}", instance.region, InstanceIds=[instance.id])
         self.wait_for_state(instance, TERMINATED, deadline, gone_ok=True)
 
     def delete_instance_extras(self, name: str, wait_timeout: int) -> list:
@@ -675,7 +766,51 @@ class AwsBackend(Backend):
         kps = aws_call(ec2.describe_key_pairs, "listing key pairs", region, Filters=filters)
         for k in kps.get("KeyPairs", []):
             res(KIND_KEY_PAIR, k["KeyName"], k["KeyName"], region, k.get("Tags"))
+        out.extend(self._tagged_elsewhere(region, deployment))
         return out
+
+    def _tagged_elsewhere(self, region: str, deployment: str | None) -> list:
+        """Every other resource carrying the deployment's tags in `region`, of any service, through the Resource
+        Groups Tagging API (GetResources with TagFilters,
+        https://docs.aws.amazon.com/resourcegroupstagging/latest/APIReference/API_GetResources.html): a snapshot
+        a backup policy copied the volume's tags to, an AMI, a bucket. Kinds the EC2 listings cover are skipped."""
+        tagging = self._clients.get(("tagging", region))
+        if tagging is None:
+            tagging = self._clients[("tagging", region)] = aws_client("resourcegroupstaggingapi", region,
+                                                                       self.endpoint_url, self.profile)
+        tag_filters = [{"Key": LABEL_MANAGED, "Values": ["true"]}]
+        if deployment:
+            tag_filters.append({"Key": LABEL_DEPLOYMENT, "Values": [deployment]})
+        try:
+            pages = aws_call(tagging.get_paginator("get_resources").paginate(TagFilters=tag_filters).build_full_result,
+                             "listing tagged resources (tag:GetResources)", region)
+        except SdcloudError as err:
+            if err.details.get("code") in ("AccessDeniedException", "AccessDenied", "UnauthorizedOperation"):
+                raise SdcloudError(f"cannot list what carries the deployment's tags in {region}: the credentials lack "
+                                   "tag:GetResources (Resource Groups Tagging API), which the teardown proof needs; "
+                                   "grant it (see the README's AWS permissions)", code="AccessDenied") from err
+            raise
+        out = []
+        for item in pages.get("ResourceTagMappingList", []):
+            arn = item["ResourceARN"]
+            service, rest = arn.split(":", 5)[2], arn.split(":", 5)[5]
+            rtype, _, rid = rest.partition("/")
+            if service == "ec2" and rtype in COVERED_ARN_TYPES:
+                continue
+            kind = ARN_KINDS.get(rtype, KIND_OTHER) if service == "ec2" else KIND_OTHER
+            tags = _tags_dict(item.get("Tags"))
+            out.append(Resource(kind, PROVIDER, rid if kind != KIND_OTHER else arn, tags.get("Name") or arn, region,
+                                tags, None))
+        return out
+
+    def delete_hint(self, res: Resource) -> str:
+        region = region_of(res.location)
+        if res.kind == KIND_SNAPSHOT:
+            return f"delete it (`aws ec2 delete-snapshot --snapshot-id {res.id} --region {region}`)"
+        if res.kind == KIND_IMAGE:
+            return (f"deregister it (`aws ec2 deregister-image --image-id {res.id} --region {region}`), then delete "
+                    "its snapshots")
+        return f"delete it in its service's console ({res.id})"
 
     def list_resources(self, deployment: str | None = None) -> list:
         out = []
@@ -687,6 +822,8 @@ class AwsBackend(Backend):
         deadline = Deadline(wait_timeout)  # every instance's wait shares it: wait_timeout bounds the sweep
         order = {k: i for i, k in enumerate(DELETE_ORDER)}
         for res in sorted(resources, key=lambda r: order.get(r.kind, len(order))):
+            if res.kind in KEPT_KINDS:
+                continue  # never sdcloud's: cloud_resources names them with delete_hint
             region = region_of(res.location) if res.location != "global" else self.regions[0]
             ec2 = self.ec2(region)
             if res.kind == KIND_SPOT_REQUEST:
