@@ -15,9 +15,13 @@ description:
     LoadState,ActiveState,SubState,NRestarts,MainPID,ExecMainStatus,Result)) and gives up early, without
     waiting for the deadline, when the unit entered C(failed), stopped for good (C(inactive) on two polls
     in a row), is not loaded at all, or crash-loops (exited I(max_restarts) times since the wait began).
+  - With I(program) (and I(supervisorctl)), the same for a program of supervisord, where systemd is not init (a
+    container). It reads C(supervisorctl status <program>) on every poll and gives up early when the program is
+    C(FATAL) (supervisord gave up starting it), crash-loops (entered C(BACKOFF), or came back with a new PID, I(max_restarts)
+    times since the wait began), stopped for good (C(STOPPED) or C(EXITED) on two polls in a row), or is unknown to supervisord.
   - Every failure message says what it waited for, for how long and why it gave up; with I(unit) it carries
     the last I(journal_lines) lines of C(journalctl -u <unit>) since the wait began (the last lines of the
-    unit's journal when nothing was logged since).
+    unit's journal when nothing was logged since); with I(program), the same lines of I(log_file).
   - Never uses a proxy, whatever C(http_proxy)/C(https_proxy) say; the service is asked directly.
   - Runs on the managed host; Python standard library only (Python 3.8 or later).
 version_added: "1.1.0"
@@ -49,6 +53,20 @@ options:
       - systemd unit of the service (C(comfyui), C(a1111.service)). Enables the early failures and the
         journal in the messages. Without it the module only polls I(url) until the deadline.
     type: str
+  program:
+    description:
+      - supervisord program of the service (C(comfyui)), for hosts without systemd. Enables the early failures, with
+        I(log_file) in the messages. Needs I(supervisorctl); mutually exclusive with I(unit).
+    type: str
+  supervisorctl:
+    description:
+      - The supervisorctl command line to ask supervisord with, e.g. C([/opt/sdcloud/supervisor/venv/bin/supervisorctl, -c,
+        /opt/sdcloud/supervisor/supervisord.conf]).
+    type: list
+    elements: str
+  log_file:
+    description: With I(program), the file the program's output goes to (its C(stdout_logfile)), quoted in failure messages.
+    type: path
   max_restarts:
     description:
       - Give up as crash-looping once the unit has exited this many times since the wait began (each time it
@@ -75,6 +93,7 @@ options:
 requirements:
   - python >= 3.8 on the managed host
   - systemd (C(systemctl), C(journalctl)) on the managed host, only with I(unit)
+  - supervisord running, only with I(program)
 notes:
   - C(changed) is always false. The module only reads, so it also runs, and really waits, in check mode.
   - Reading another unit's journal needs root or membership of C(systemd-journal)/C(adm) (use C(become)).
@@ -101,6 +120,14 @@ EXAMPLES = r"""
 - name: Show the version it reports
   ansible.builtin.debug:
     msg: "{{ comfyui_register_stats.json.system.comfyui_version }}"
+
+- name: Wait until ComfyUI answers, run by supervisord (a container without systemd)
+  service_wait:
+    url: http://127.0.0.1:8188/system_stats
+    program: comfyui
+    supervisorctl: [/workspace/sdcloud/supervisor/venv/bin/supervisorctl, -c, /workspace/sdcloud/supervisor/supervisord.conf]
+    log_file: /workspace/comfyui/logs/comfyui.log
+    name: ComfyUI
 
 - name: Wait for an endpoint that answers 401 without a login, no unit checks
   service_wait:
@@ -138,7 +165,7 @@ status:
   type: int
   sample: 200
 restarts:
-  description: How many times systemd restarted the unit during the wait (growth of C(NRestarts)).
+  description: How many times systemd restarted the unit (growth of C(NRestarts)), or supervisord the program, during the wait.
   returned: always
   type: int
 exits:
@@ -150,6 +177,11 @@ unit_status:
   returned: when unit is set and systemctl answered
   type: dict
   sample: {ActiveState: active, SubState: running, NRestarts: "0", MainPID: "4242", ExecMainStatus: "0", Result: success}
+program_status:
+  description: The program's line of C(supervisorctl status) at the last poll, split into C(state) and C(detail).
+  returned: when program is set and supervisorctl answered
+  type: dict
+  sample: {state: RUNNING, detail: "pid 4242, uptime 0:00:12"}
 content:
   description: Body of the answer.
   returned: success, when return_content is true
@@ -289,23 +321,80 @@ def journal(journalctl, unit, since, lines):
         unit, (" (%s)" % why[0]) if why else " (reading another unit's journal needs root: become: true)"), []
 
 
+def program_status(argv, program, timeout):
+    """The program's state in supervisord as {state, detail}: a supervisord state (RUNNING, BACKOFF, FATAL, ...),
+    NOT_LOADED when supervisord has no such program, NO_SUPERVISORD when it does not answer; None when
+    supervisorctl did not finish."""
+    rc, out, err = run_command(list(argv) + ["status", program], timeout)
+    if rc is None:
+        return None
+    for line in out.splitlines():
+        parts = line.split(None, 2)
+        if len(parts) >= 2 and parts[0] == program and parts[1].isalpha() and parts[1].isupper():
+            return {"state": parts[1], "detail": parts[2].strip() if len(parts) > 2 else ""}
+        if parts and parts[0] == program + ":" and "no such process" in line.lower():
+            return {"state": "NOT_LOADED", "detail": line.strip()}
+    return {"state": "NO_SUPERVISORD", "detail": " ".join((out + " " + err).split())[:300]}
+
+
+def program_pid(status):
+    detail = status.get("detail", "")
+    if status.get("state") == "RUNNING" and detail.startswith("pid "):
+        return detail[4:].split(",", 1)[0].strip()
+    return None
+
+
+def log_size(path):
+    try:
+        return os.path.getsize(path)
+    except (OSError, TypeError):
+        return 0
+
+
+def log_tail(path, offset, lines):
+    """(heading, lines) for the failure message: the program's log since the wait began, else its last lines."""
+    if not path:
+        return "no log_file was given, so no log of the program", []
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        return "its log %s could not be read (%s)" % (path, exc.strerror or exc), []
+    since = data[offset:] if len(data) >= offset else data  # a rotated log starts again at 0
+    got = [line for line in since.decode("utf-8", errors="replace").splitlines() if line.strip()]
+    if got:
+        return "Its log since the wait began (%s):" % path, got[-lines:]
+    got = [line for line in data.decode("utf-8", errors="replace").splitlines() if line.strip()][-lines:]
+    if got:
+        return "Nothing in its log since the wait began; its last %s (tail -n %d %s):" % (
+            times(len(got), "line"), lines, path), got
+    return "Its log %s is empty" % path, []
+
+
 class Waiter:
     def __init__(self, module):
         self.module = module
         params = module.params
         self.url = params["url"]
         self.unit = params["unit"]
+        self.program = params["program"]
+        self.supervisorctl = params["supervisorctl"]
+        self.log_file = params["log_file"]
         self.timeout = params["timeout"]
         self.interval = params["interval"]
         self.request_timeout = params["request_timeout"]
         self.max_restarts = params["max_restarts"]
         self.journal_lines = params["journal_lines"]
         self.status_codes = params["status_code"]
-        self.name = params["name"] or self.unit or self.url
+        self.name = params["name"] or self.unit or self.program or self.url
         if params["name"] and self.unit and params["name"] != self.unit:
             self.who = "%s (unit %s)" % (params["name"], self.unit)
         elif self.unit:
             self.who = "unit %s" % self.unit
+        elif params["name"] and self.program and params["name"] != self.program:
+            self.who = "%s (supervisord program %s)" % (params["name"], self.program)
+        elif self.program:
+            self.who = "supervisord program %s" % self.program
         else:
             self.who = params["name"]
         self.opener = build_opener(params["validate_certs"])
@@ -329,6 +418,13 @@ class Waiter:
         self.auto_restart_entries = 0
         self.in_auto_restart = False
         self.inactive_polls = 0
+        self.log_offset = log_size(self.log_file)
+        self.pstatus = None
+        self.last_pid = None
+        self.backoff_entries = 0
+        self.in_backoff = False
+        self.pid_changes = 0
+        self.stopped_polls = 0
 
     def elapsed(self):
         return time.monotonic() - self.start
@@ -341,13 +437,18 @@ class Waiter:
                "status": self.status, "restarts": self.restarts, "exits": self.exits}
         if self.props is not None:
             out["unit_status"] = self.props
+        if self.pstatus is not None:
+            out["program_status"] = self.pstatus
         return out
 
     def with_journal(self, msg):
-        """Raise WaitFailed with msg and, with a unit, its journal."""
-        if not self.unit:
+        """Raise WaitFailed with msg and, with a unit, its journal (with a program, its log)."""
+        if self.program:
+            heading, lines = log_tail(self.log_file, self.log_offset, self.journal_lines)
+        elif not self.unit:
             raise WaitFailed(msg)
-        heading, lines = journal(self.journalctl, self.unit, self.since, self.journal_lines)
+        else:
+            heading, lines = journal(self.journalctl, self.unit, self.since, self.journal_lines)
         raise WaitFailed("%s\n%s\n%s" % (msg, heading, "\n".join(lines)) if lines else "%s\n%s" % (msg, heading))
 
     def check_unit(self):
@@ -387,6 +488,47 @@ class Waiter:
             self.with_journal("%s stopped while waiting for %s: systemd reports it inactive/dead (%s) and nothing "
                               "restarts it, %s" % (self.who, self.url, exit_description(props), gave_up))
 
+    def check_program(self):
+        """Read the program's state in supervisord; give up early when it will not come up."""
+        status = program_status(self.supervisorctl, self.program, max(1.0, min(COMMAND_TIMEOUT, self.remaining())))
+        if status is None:  # supervisorctl did not answer this time: keep polling, the deadline still holds
+            return
+        self.pstatus = status
+        state, detail = status["state"], status["detail"]
+        gave_up = "so it gave up after %.1fs, before the %gs deadline." % (self.elapsed(), self.timeout)
+        if state == "NO_SUPERVISORD":
+            raise WaitFailed("%s cannot be checked: `%s status %s` did not reach supervisord (%s), so nothing will start "
+                             "it; gave up at once. Start supervisord (the pod's start hook runs it)." % (
+                                 self.who, " ".join(self.supervisorctl), self.program, detail))
+        if state == "NOT_LOADED":
+            self.with_journal("%s is not a program supervisord has loaded (%s), so nothing will answer on %s; gave up at "
+                              "once." % (self.who, detail, self.url))
+        if state == "BACKOFF" and not self.in_backoff:
+            self.backoff_entries += 1
+        self.in_backoff = state == "BACKOFF"
+        pid = program_pid(status)
+        if pid and self.last_pid and pid != self.last_pid:
+            self.pid_changes += 1  # it exited and supervisord started it again between two polls
+        self.last_pid = pid or self.last_pid
+        self.exits = self.restarts = self.backoff_entries + self.pid_changes
+        if state == "FATAL":
+            self.with_journal("%s failed while waiting for %s: supervisord reports it FATAL (%s: it gave up starting it; "
+                              "restarted %s), %s" % (self.who, self.url, detail or "exited too quickly", times(self.restarts),
+                                                     gave_up))
+        if self.max_restarts and self.exits >= self.max_restarts:
+            self.with_journal("%s crash-looped while waiting for %s: it exited %s (supervisord reports it %s%s), %s"
+                              % (self.who, self.url, times(self.exits), state, (" - " + detail) if detail else "", gave_up))
+        self.stopped_polls = self.stopped_polls + 1 if state in ("STOPPED", "EXITED") else 0
+        if self.stopped_polls >= 2:
+            self.with_journal("%s stopped while waiting for %s: supervisord reports it %s (%s) and nothing restarts it, %s"
+                              % (self.who, self.url, state, detail or "no detail", gave_up))
+
+    def check(self):
+        if self.unit:
+            self.check_unit()
+        elif self.program:
+            self.check_program()
+
     def timed_out(self):
         last = "the last one %s" % self.last_error if self.last_error else "none made"
         msg = "%s on %s within %gs: %s, %s" % (
@@ -398,13 +540,19 @@ class Waiter:
                     self.unit, self.props.get("ActiveState"), self.props.get("SubState"), times(self.restarts))
             else:
                 msg += "; systemctl show %s did not answer" % self.unit
+        elif self.program:
+            if self.pstatus is not None:
+                msg += "; supervisord reports program %s %s%s, restarted %s during the wait" % (
+                    self.program, self.pstatus["state"], (" (%s)" % self.pstatus["detail"]) if self.pstatus["detail"] else "",
+                    times(self.restarts))
+            else:
+                msg += "; supervisorctl status %s did not answer" % self.program
         self.with_journal(msg + ".")
 
     def wait(self):
         while True:
             poll_start = time.monotonic()
-            if self.unit:
-                self.check_unit()
+            self.check()
             remaining = self.remaining()
             if remaining <= 0:
                 break
@@ -419,8 +567,8 @@ class Waiter:
             if remaining <= 0:
                 break
             time.sleep(min(max(0.0, poll_start + self.interval - time.monotonic()), remaining))
-        if self.unit:  # a last look: a crash right at the deadline is still reported as what it is
-            self.check_unit()
+        # a last look: a crash right at the deadline is still reported as what it is
+        self.check()
         return self.timed_out()
 
 
@@ -437,6 +585,9 @@ def validate(module):
         module.fail_json(msg="url must start with http:// or https://, got %s" % params["url"])
     if not params["status_code"]:
         module.fail_json(msg="status_code must list at least one HTTP status")
+    if params["program"] and not params["supervisorctl"]:
+        module.fail_json(msg="program %s was given without supervisorctl: give the supervisorctl command line "
+                             "(with -c <supervisord.conf>) that reaches its supervisord" % params["program"])
 
 
 def main():
@@ -448,12 +599,16 @@ def main():
             "interval": {"type": "float", "default": 1},
             "request_timeout": {"type": "float", "default": 10},
             "unit": {"type": "str"},
+            "program": {"type": "str"},
+            "supervisorctl": {"type": "list", "elements": "str"},
+            "log_file": {"type": "path"},
             "max_restarts": {"type": "int", "default": 2},
             "journal_lines": {"type": "int", "default": 60},
             "name": {"type": "str"},
             "return_content": {"type": "bool", "default": False},
             "validate_certs": {"type": "bool", "default": True},
         },
+        mutually_exclusive=[("unit", "program")],
         supports_check_mode=True,
     )
     validate(module)
