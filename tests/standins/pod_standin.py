@@ -10,7 +10,8 @@ Control (Python methods, and the same over HTTP for a stand-in run as its own pr
 - POST   /_standin/faults   {"op": "create"|"start"|"stop"|"get"|"list"|..., "kind": <provider's fault>,
           "zone": <data center / country> or null, "count": N or null (forever)}
 - DELETE /_standin/faults   clear them
-- POST   /_standin/slots    {"slots": ["10.10.0.5:22", ...]}: the SSH addresses to hand out, in turn
+- POST   /_standin/slots    {"slots": ["10.10.0.5:22", {"host": "10.11.0.5", "ssh_port": 22, "ports": {"8188": 8188}},
+          ...]}: the addresses to hand out, in turn (see set_slots)
 - GET    /_standin/requests the request log ({method, path, query, body, status}); DELETE clears it
 - POST   /_standin/reset    drop everything
 """
@@ -100,18 +101,23 @@ class JsonStandin:
         return None
 
     def set_slots(self, slots):
-        """SSH addresses ("host:port") handed out in turn as pods start; [] gives TEST-NET-3 addresses."""
+        """What pods get as they start, in turn: "host:port" (SSH) or {"host", "ssh_port", "ports": {container
+        port: public port}} (where a provider maps other ports too, vast.ai); [] gives TEST-NET-3 addresses."""
         with self.lock:
-            self.slots = [str(s) for s in slots]
+            self.slots = [s if isinstance(s, dict) else str(s) for s in slots]
             self._slot_turn = itertools.count()
 
     def next_slot(self) -> tuple:
-        """(host, port) for a pod that turns running."""
+        """(host, SSH port, {container port: public port} or None) for a pod that turns running."""
         n = next(self._slot_turn)
         if self.slots:
-            host, _, port = self.slots[n % len(self.slots)].rpartition(":")
-            return host, int(port)
-        return f"203.0.113.{10 + n % 200}", 40000 + n
+            slot = self.slots[n % len(self.slots)]
+            if isinstance(slot, dict):
+                ports = {int(k): int(v) for k, v in (slot.get("ports") or {}).items()}
+                return slot["host"], int(slot["ssh_port"]), ports
+            host, _, port = slot.rpartition(":")
+            return host, int(port), None
+        return f"203.0.113.{10 + n % 200}", 40000 + n, None
 
     def new_id(self) -> int:
         return next(self._ids)

@@ -123,7 +123,7 @@ class RunpodStandin(JsonStandin):
         return pod
 
     def _run(self, pod: dict):
-        host, port = self.next_slot()
+        host, port, _ports = self.next_slot()  # http ports go through RunPod's proxy: no public mapping
         pod["status"], pod["startedAt"], pod["cost"] = "RUNNING", _now(), pod["_price"]
         pod["ssh"]["direct"] = {"host": host, "port": port, "username": "root",
                                 "command": f"ssh root@{host} -p {port}"}

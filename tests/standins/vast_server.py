@@ -28,7 +28,7 @@ direct_port_count, disk_space, storage_cost, inet_down_cost, inet_up_cost, start
 status_msg. `ports` is the docker mapping {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": "41022"}], ...}
 (the reference calls it a list of ports; vast's CLI and users read it as the docker mapping): the 22/tcp
 entry comes from the SSH slot the instance gets each time it turns running (pod_standin); other ports
-get the slot's port + their index.
+get the slot's own mapping ({"ports": {8188: 18188}}), else the slot's port + their index.
 
 Faults (add_fault(op, kind, zone=None, count=None)):
 - create gone -> 410 no_such_ask (the offer went away between search and create: create_instance.yaml).
@@ -127,11 +127,12 @@ class VastStandin(JsonStandin):
         return {k: v for k, v in inst.items() if not k.startswith("_")}
 
     def _run(self, inst: dict):
-        host, port = self.next_slot()
+        host, port, mapped = self.next_slot()
         inst.update(actual_status="running", cur_state="running", public_ipaddr=host, status_msg="running")
         ports = {"22/tcp": [{"HostIp": "0.0.0.0", "HostPort": str(port)}]}
-        for n, internal in enumerate(inst["_ui_ports"], start=1):
-            ports[f"{internal}/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(port + n)}]
+        for n, internal in enumerate(inst["_ui_ports"], start=1):  # the slot's mapping, else the next ports up
+            public = (mapped or {}).get(internal, port + n)
+            ports[f"{internal}/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(public)}]
         inst["ports"] = ports
 
     def _tick(self, inst: dict):

@@ -7,7 +7,7 @@ import pytest
 from podtest import API_KEY, KEY, fast, runner  # noqa: F401 - fast is a fixture
 from vast_server import VastStandin
 
-SLOTS = ["10.11.0.5:22", "10.11.0.6:2201"]
+SLOTS = ["10.11.0.5:22", {"host": "10.11.0.6", "ssh_port": 2201, "ports": {"8188": 18188}}]
 
 
 @pytest.fixture
@@ -99,6 +99,7 @@ def test_stop_keeps_the_disk_at_the_host_s_price_and_start_gets_a_new_address(va
     failed, res = run(state="running")
     assert not failed and res["changed"]
     assert (res["instance"]["public_ip"], res["instance"]["ssh_port"]) == ("10.11.0.6", 2201)
+    assert res["instance"]["ports"]["8188"]["url"] == "http://10.11.0.6:18188"  # the slot's own UI mapping
 
 
 def test_a_start_waiting_for_its_gpu_says_what_to_do(vast, run):
