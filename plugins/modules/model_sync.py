@@ -35,13 +35,14 @@ options:
       name:
         description:
           - File name inside the kind folder (may contain sub folders, never C(..)).
-          - Defaults to the last path element of I(source).
+          - Defaults to the last path element of I(source) (of an C(hf://) path, before its C(@revision)).
         type: str
       kind:
         description:
           - Kind folder, as ComfyUI names it (C(checkpoints), C(loras), C(vae), C(controlnet), C(upscale_models),
             C(embeddings), C(clip_vision), C(ipadapter), C(clip), C(unet), C(diffusion_models), C(text_encoders),
-            C(inpaint), ...). Add other names with I(extra_kinds).
+            C(inpaint), ...). The list is C(KINDS) in C(plugins/module_utils/sdcloud/model_list.py) (the
+            C(sdcloud_model_kinds) filter returns it). Add other names with I(extra_kinds).
         type: str
         required: true
       source:
@@ -49,6 +50,8 @@ options:
           - Where to get the file. C(https://...) (Hugging Face and Civitai URLs included),
             C(hf://owner/repo/path/in/repo@revision), C(civitai://<model version id>), C(s3://bucket/key),
             C(gs://bucket/object) or C(file:///path/on/the/server).
+          - An C(hf://) source needs its C(@revision) (a commit or a tag; C(@main) follows the branch on purpose);
+            a C(civitai://) id is the model version id, digits only.
         type: str
         required: true
       sha256:
@@ -174,6 +177,8 @@ requirements:
   - python >= 3.10 on the server
   - boto3 on the server, only for C(s3://) sources
 notes:
+  - The whole list is checked before anything is touched (also in check mode), and every bad entry is named
+    in one failure - source shape, kind, name, sha256, size, the same kind/name twice.
   - Supports check mode (lists what would be downloaded, replaced or removed, changes nothing and makes no
     network request) and diff mode (file list before and after).
   - C(changed) is true only when a model file was written or removed. Recording an already correct file in the

@@ -2,7 +2,8 @@
 
 provision.yml on the local provider (its own bridge, SDCLOUD_NET=1), as a user runs it, with one bad setting at a
 time; each case asserts the message, that it came in seconds, and that no machine exists afterwards. (The model
-list, mirror, provider and CIDR cases live in test_local_e2e.py, next to the machine they would otherwise make.)
+list's shape, mirror, provider and CIDR cases live in test_local_e2e.py, next to the machine they would otherwise make;
+the model entries' own refusals - plugins/filter/models.py's sdcloud_model_problems - are here.)
 """
 
 from __future__ import annotations
@@ -73,6 +74,21 @@ def key(env, name, mode=0o600, pub=True):
 ])
 def test_deployment_name(env, name, needle):
     refused(env, needle, SDCLOUD_NAME=name)
+
+
+@pytest.mark.parametrize(("models", "needle"), [
+    ([{"kind": "checkpoints", "source": "hf://org/repo/m.safetensors"}],
+     "sdcloud_models[0] (m.safetensors): hf://org/repo/m.safetensors has no @revision, which would silently follow the main "
+     "branch: pin it as hf://org/repo/m.safetensors@<commit or tag>, or end it in @main"),
+    ([{"kind": "loras", "name": "l.safetensors", "source": "civitai://detail-tweaker"}],
+     "civitai://detail-tweaker is not a Civitai model version id: write civitai://<model version id>, digits only"),
+    ([{"kind": "checkpoint", "source": "https://example.invalid/a.safetensors"}], "unknown kind 'checkpoint': 'checkpoints'?"),
+    ([{"kind": "vae", "source": "ftp://example.invalid/a.pt"}], "ftp://example.invalid/a.pt is not a source sdcloud can download"),
+    ([{"kind": "vae", "source": "https://example.invalid/a.pt"}] * 2, "sdcloud_models[1] (a.pt): vae/a.pt is declared twice"),
+    ([{"kind": "vae", "source": "https://example.invalid/a.pt", "sha256": "abc"}], "sha256 must be 64 hex digits"),
+], ids=["hf-no-revision", "civitai-not-an-id", "unknown-kind", "unknown-scheme", "duplicate", "sha256"])
+def test_model_list(env, models, needle):
+    refused(env, needle, "-e", json.dumps({"sdcloud_models": models}))
 
 
 def test_key_path_with_a_blank(env):

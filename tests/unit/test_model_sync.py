@@ -172,7 +172,7 @@ def test_401_names_the_token_variable_and_never_shows_it(server, base, tmp_path,
     args = {
         **base,
         "hf_endpoint": server.url(""),
-        "models": [model("m.safetensors", "unet", "hf://gated/repo/m.safetensors")],
+        "models": [model("m.safetensors", "unet", "hf://gated/repo/m.safetensors@main")],
     }
     if token:
         args["hf_token"] = token

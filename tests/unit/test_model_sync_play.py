@@ -37,7 +37,7 @@ def env(tmp_path_factory):
     (tmp / "inventory" / "group_vars").symlink_to(ROOT / "inventory" / "group_vars")
     (tmp / "inventory" / "hosts.ini").write_text(
         "[sdcloud_target]\nlocalhost ansible_connection=local ansible_python_interpreter="
-        f"{sys.executable} ansible_become=false\n\n[all:vars]\nsdcloud_name=play\n"
+        f"{sys.executable} ansible_become=false\n\n[all:vars]\nsdcloud_name=play\nsdcloud_inventory_deployment=play\n"
     )
     environ = dict(
         os.environ,
@@ -123,7 +123,7 @@ def test_role_syncs_uploads_and_reports_failures_without_tokens(env):
     ]
     extra = {
         "sdcloud_models": wanted,
-        "models_dir": str(models_dir),
+        "sdcloud_models_dir": str(models_dir),
         "models_owner": getpass.getuser(),
         "models_group": grp.getgrgid(os.getgid()).gr_name,
     }
@@ -153,20 +153,36 @@ def test_role_syncs_uploads_and_reports_failures_without_tokens(env):
 
 
 def test_no_credential_in_the_output_at_any_verbosity(env):
-    """A token in a URL's query and a password in its userinfo never show, not even at -vvv."""
+    """A token in a URL's query and a password in its userinfo never show, not even at -vvv: not in the module's
+    arguments, not in its results (a fetched file and a failed one), not in the machine's sync log or state file."""
     tmp, _environ, srv = env
     data = blob("play-vvv", 50_000)
     srv.add("/play/vvv.safetensors", data)
-    password = "pw_" + SECRET
+    password = "pw_hunter2_in_userinfo"
     url = srv.url(f"/play/vvv.safetensors?token={SECRET}").replace("http://", f"http://user:{password}@", 1)
+    gone = srv.url(f"/play/vvv-gone.safetensors?token={SECRET}").replace("http://", f"http://user:{password}@", 1)
+    models_dir = tmp / "vvv-models"
     extra = {
-        "sdcloud_models": [{"name": "v.safetensors", "kind": "vae", "source": url, "sha256": hashlib.sha256(data).hexdigest()}],
-        "models_dir": str(tmp / "vvv-models"),
+        "sdcloud_models": [
+            {"name": "v.safetensors", "kind": "vae", "source": url, "sha256": hashlib.sha256(data).hexdigest()},
+            {"name": "gone.safetensors", "kind": "vae", "source": gone},
+            # a local: entry too: staging it used to set_fact the whole list, which -v prints
+            {"kind": "embeddings", "source": f"local:{tmp / 'operator-vvv' / 'e@v1.pt'}"},
+        ],
+        "sdcloud_models_dir": str(models_dir),
         "models_owner": getpass.getuser(),
         "models_group": grp.getgrgid(os.getgid()).gr_name,
     }
+    (tmp / "operator-vvv").mkdir()
+    (tmp / "operator-vvv" / "e@v1.pt").write_bytes(b"embedding")
     proc, recap = playbook(env, ROOT / "playbooks" / "sync_models.yml", extra, "-vvv")
     out = proc.stdout + proc.stderr
-    assert recap["failed"] == 0, proc.stdout[-3000:]
-    leaks = [line for line in out.splitlines() if SECRET in line]
-    assert not leaks, "credentials in the -vvv output:\n" + "\n".join(leaks[:10])
+    assert recap["failed"] == 1 and "HTTP 404" in out, proc.stdout[-3000:]
+    assert (models_dir / "vae" / "v.safetensors").read_bytes() == data
+    assert (models_dir / "embeddings" / "e@v1.pt").read_bytes() == b"embedding"
+    assert "vae/v.safetensors: done" in (models_dir / ".sdcloud-sync.log").read_text()
+    machine = {f.name: f.read_text() for f in (models_dir / ".sdcloud-sync.log", models_dir / ".sdcloud-state.json")}
+    for where, text in {"the -vvv output": out, **machine}.items():
+        leaks = [line for line in text.splitlines() if SECRET in line or password in line]
+        assert not leaks, f"credentials in {where}:\n" + "\n".join(leaks[:10])
+    assert "token=REDACTED" in machine[".sdcloud-sync.log"] and "user:" not in machine[".sdcloud-state.json"]

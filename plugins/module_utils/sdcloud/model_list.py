@@ -105,11 +105,59 @@ def _sha256(value):
     return str(value).strip().lower().removeprefix("sha256:") if value else None
 
 
+def _source_problem(src, local_ok, redact):
+    """What is wrong with a source's shape, or None."""
+    shown = redact(src)
+    scheme = src.partition(":")[0].lower() if ":" in src else ""
+    parts = urlsplit(src)
+    if scheme in ("http", "https"):
+        return None if parts.netloc else f"{shown} has no host: give a full URL like https://example.com/file.safetensors"
+    if scheme == "hf":
+        try:
+            _repo, path, revision = parse_hf(src)
+        except ValueError:
+            return f"{shown} is not hf://owner/repo/path/in/repo@revision"
+        if revision is None:
+            return (
+                f"{shown} has no @revision, which would silently follow the main branch: pin it as "
+                f"hf://{src[len('hf://'):]}@<commit or tag>, or end it in @main to follow the branch on purpose"
+            )
+        if not revision:
+            return f"{shown} ends in an empty @: give a commit, a tag or a branch after it (e.g. @main)"
+        return None if path else f"{shown} names no file in the repo"
+    if scheme == "civitai":
+        version = src[len("civitai://") :].strip("/") if src.lower().startswith("civitai://") else ""
+        if version.isdigit() and version.isascii():
+            return None
+        return (
+            f"{shown} is not a Civitai model version id: write civitai://<model version id>, digits only "
+            "(the number after modelVersionId= on the model's page, or in its download link /api/download/models/<id>)"
+        )
+    if scheme in ("s3", "gs"):
+        obj = "key" if scheme == "s3" else "object"
+        if parts.netloc and parts.path.strip("/"):
+            return None
+        return f"{shown} must be {scheme}://bucket/{obj}"
+    if scheme == "file":
+        ok = parts.netloc in ("", "localhost") and parts.path.startswith("/")
+        return None if ok else f"{shown} must be file:///absolute/path/on/the/machine (three slashes)"
+    if scheme == "local":
+        if local_ok:
+            return None if src[len("local:") :].strip() else f"{shown} names no file: give local:<path on this computer>"
+        return "local:<path> sources are the models role's (it uploads them first): give this module file:///<path on the server>"
+    more = ", local:<path on this computer>" if local_ok else ""
+    return f"{shown} is not a source sdcloud can download: use {_SOURCES}{more} or file:///<path on the machine>"
+
+
 def _entry_problems(label, entry, kinds, *, extra_setting, local_ok, redact):
     out = []
     src = str(entry.get("source") or "").strip()
     if not src:
         out.append(f"'source' is missing: give where the file comes from ({_SOURCES}, ...)")
+    else:
+        bad = _source_problem(src, local_ok, redact)
+        if bad:
+            out.append(bad)
     kind = str(entry.get("kind") or "").strip()
     if not kind:
         out.append(f"'kind' is missing: give the kind folder, one of {', '.join(sorted(kinds))}")
@@ -119,12 +167,15 @@ def _entry_problems(label, entry, kinds, *, extra_setting, local_ok, redact):
         out.append(f"unknown kind '{kind}': {hint}use one of {', '.join(sorted(kinds))} (or add it to {extra_setting})")
     name = str(entry.get("name") or "").strip() or file_name(src)
     if src and not name:
-        out.append("set 'name': the source has no file name to use")
+        out.append("set 'name' (the file's name in its kind folder): the source has no file name to take it from")
     elif name and not safe_name(name):
         out.append(f"name '{name}' must be a relative file name without '..'")
     sha = _sha256(entry.get("sha256"))
     if sha and (len(sha) != 64 or not set(sha) <= _HEX):
         out.append(f"sha256 must be 64 hex digits (optionally after sha256:), got '{sha}'")
+    size = entry.get("size")
+    if size not in (None, "") and (isinstance(size, bool) or not str(size).strip().isdigit()):
+        out.append(f"size must be a whole number of bytes, got {size!r}")
     return [f"{label}: {p}" for p in out]
 
 
