@@ -51,7 +51,7 @@ options:
   provider:
     description: The machine's sdcloud provider; it chooses the fix the messages give.
     type: str
-    choices: [local, static, gcp, aws]
+    choices: [local, static, gcp, aws, runpod, vastai]
     required: true
   name:
     description: The machine's inventory name, for the messages (a static host's C(static_hosts) entry).
@@ -78,7 +78,7 @@ options:
   denied_timeout:
     description:
       - Give up when the key has been refused (C(Permission denied)) for this many seconds. C(0) gives up at the
-        first refusal; on clouds a little grace covers an image that adds the key after sshd starts.
+        first refusal; on clouds and pods a little grace covers an image that adds the key after sshd starts.
     type: float
     default: 0
   unanswered_timeout:
@@ -351,7 +351,7 @@ def main():
             "user": {"type": "str", "required": True},
             "private_key_file": {"type": "path"},
             "ssh_args": {"type": "str", "default": ""},
-            "provider": {"type": "str", "required": True, "choices": ["local", "static", "gcp", "aws"]},
+            "provider": {"type": "str", "required": True, "choices": ["local", "static", "gcp", "aws", "runpod", "vastai"]},
             "name": {"type": "str", "required": True},
             "timeout": {"type": "float", "default": 600},
             "interval": {"type": "float", "default": 2},

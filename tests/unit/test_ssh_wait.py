@@ -243,3 +243,10 @@ def test_bad_ssh_args_are_refused(fake_ssh):
     fake_ssh((0, ""))
     failed, result, _ = run(ssh_args="-o 'unclosed")
     assert failed and "check ansible_ssh_common_args" in result["msg"]
+
+
+@pytest.mark.parametrize("provider", ["runpod", "vastai"])
+def test_a_pod_gets_the_clouds_message(fake_ssh, provider):
+    fake_ssh((255, DENIED))
+    failed, result, _ = run(provider=provider, port=40022)
+    assert failed and "port 40022: the machine refuses the key /home/me/.ssh/sdcloud_ed25519 (sdcloud_ssh_key_path" in result["msg"]
