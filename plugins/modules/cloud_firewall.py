@@ -18,12 +18,8 @@ description:
     provider.
 version_added: "0.1.0"
 author: sdcloud
+extends_documentation_fragment: [cloud]
 options:
-  provider:
-    description: Which cloud or pod marketplace.
-    type: str
-    required: true
-    choices: [gcp, aws, runpod, vastai]
   name:
     description: The deployment name.
     type: str
@@ -58,21 +54,6 @@ options:
     description: Extra labels / tags.
     type: dict
     default: {}
-  endpoint:
-    description: API endpoint override; defaults to E(SDCLOUD_GCP_ENDPOINT) (GCP) or E(AWS_ENDPOINT_URL) (AWS).
-    type: str
-  api_key:
-    description: RunPod or vast.ai API key; unset, E(RUNPOD_API_KEY) / E(VAST_API_KEY) from the environment. Never logged.
-    type: str
-  project:
-    description: GCP project id. Required for GCP.
-    type: str
-  credentials_file:
-    description: GCP service account JSON key file.
-    type: path
-  profile:
-    description: AWS profile name.
-    type: str
 """
 
 EXAMPLES = r"""

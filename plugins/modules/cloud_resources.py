@@ -21,12 +21,8 @@ description:
     It also cleans up after a provisioning run that failed half-way.
 version_added: "0.1.0"
 author: sdcloud
+extends_documentation_fragment: [cloud]
 options:
-  provider:
-    description: Which cloud or pod marketplace.
-    type: str
-    required: true
-    choices: [gcp, aws, runpod, vastai]
   name:
     description: Deployment name; unset means every sdcloud deployment.
     type: str
@@ -42,23 +38,6 @@ options:
     type: list
     elements: str
     default: []
-  endpoint:
-    description:
-      - API endpoint override; defaults to E(SDCLOUD_GCP_ENDPOINT) (GCP), E(AWS_ENDPOINT_URL) (AWS),
-        E(SDCLOUD_RUNPOD_ENDPOINT) (RunPod), E(SDCLOUD_VAST_ENDPOINT) (vast.ai).
-    type: str
-  project:
-    description: GCP project id. Required for GCP.
-    type: str
-  credentials_file:
-    description: GCP service account JSON key file.
-    type: path
-  profile:
-    description: AWS profile name.
-    type: str
-  api_key:
-    description: RunPod or vast.ai API key; unset, E(RUNPOD_API_KEY) / E(VAST_API_KEY) from the environment. Never logged.
-    type: str
   wait_timeout:
     description: Seconds to wait for instances to be gone before deleting what they used.
     type: int

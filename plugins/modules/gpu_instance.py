@@ -23,12 +23,8 @@ description:
     at the offer's minimum bid (paused, disk kept, when outbid).
 version_added: "0.1.0"
 author: sdcloud
+extends_documentation_fragment: [cloud]
 options:
-  provider:
-    description: Which cloud or pod marketplace.
-    type: str
-    required: true
-    choices: [gcp, aws, runpod, vastai]
   name:
     description: The deployment name. Also the instance name (GCP) / C(Name) tag (AWS); pods are named C(sdcloud:<name>).
     type: str
@@ -129,30 +125,10 @@ options:
   max_hourly_price:
     description: vast.ai, the most USD per hour an offer may cost (offer filter C(dph_total)); unset, no limit.
     type: float
-  api_key:
-    description:
-      - RunPod or vast.ai API key; unset, E(RUNPOD_API_KEY) / E(VAST_API_KEY) from the environment. Never logged.
-    type: str
   labels:
     description: Extra labels (GCP) / tags (AWS) for every resource created. sdcloud's own keys always win.
     type: dict
     default: {}
-  endpoint:
-    description:
-      - API endpoint override (a private endpoint, or a local stand-in in tests).
-      - Defaults to E(SDCLOUD_GCP_ENDPOINT) for GCP, E(AWS_ENDPOINT_URL) for AWS, E(SDCLOUD_RUNPOD_ENDPOINT) for
-        RunPod (default C(https://api.runpod.io)) and E(SDCLOUD_VAST_ENDPOINT) for vast.ai (C(https://console.vast.ai))
-        when set.
-    type: str
-  project:
-    description: GCP project id. Required for GCP.
-    type: str
-  credentials_file:
-    description: GCP service account JSON key file; unset, application default credentials are used.
-    type: path
-  profile:
-    description: AWS profile name; unset, the default credential chain is used.
-    type: str
   wait_timeout:
     description: Seconds to wait for the instance to reach the wanted state; the error says what it waited for.
     type: int
@@ -168,10 +144,6 @@ options:
 notes:
   - Supports check mode (returns the plan) and diff mode.
   - Prices in the result come from the sdcloud catalog (a dated snapshot), not from the cloud's billing.
-requirements:
-  - boto3 (provider aws)
-  - google-cloud-compute (provider gcp)
-  - nothing more for runpod and vastai (their REST APIs are called with the Python standard library)
 """
 
 EXAMPLES = r"""
