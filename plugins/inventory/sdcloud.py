@@ -18,8 +18,8 @@ description:
     the listing), C(deployment_<name>), C(gpu_<gpu>).
   - Sets C(sdcloud_name) (the deployment) on the C(all) group, so playbooks and C(localhost) read it from here,
     and C(sdcloud_inventory_deployment) (the same, which C(-e sdcloud_name) cannot change, so the preflight refuses
-    a deployment the inventory does not group), C(sdcloud_inventory_providers), C(sdcloud_inventory_gcp_project), C(sdcloud_inventory_aws_regions)
-    (what this inventory lists), so the preflight can check that it lists the provider the playbooks use,
+    a deployment the inventory does not group), C(sdcloud_inventory_providers), C(sdcloud_inventory_gcp_project),
+    C(sdcloud_inventory_aws_regions) (what this inventory lists), so the preflight can check that it lists the provider the playbooks use,
     and C(sdcloud_known_hosts_file) (see I(known_hosts_file)).
   - Cloud hosts (GCP, AWS, RunPod, vast.ai) get C(ansible_ssh_private_key_file) set to C({{ sdcloud_ssh_key_path }})
     (the operator key from group_vars, templated when used) and host key checking per instance - see
