@@ -91,16 +91,79 @@ def test_machine_running_needs_marker_and_start_time(network, sleeper):
     assert p.poll() is None, "stop() killed a process that only holds the machine's old PID"
 
 
+def _veth(name):
+    subprocess.run(["ip", "link", "add", name, "type", "veth", "peer", "name", name + "p"], check=True)
+
+
+def _no_veth(name):
+    subprocess.run(["ip", "link", "delete", name], check=False, capture_output=True)
+
+
+def _running_machine(network, sleeper, name, address):
+    """A machine of `network` that counts as running at `address` (its supervisor: a sleeper with the marker)."""
+    p = sleeper(("bash", "-c", "exec -a sdcloud-nspawn-supervisor sleep 60"))
+    m = network.machine(name)
+    os.makedirs(m.dir)
+    m.meta = {"name": name, "address": address, "unit": network.unit(address), "pid": p.pid,
+              "pid_start": nspawn._proc_start(p.pid)}
+    m._save()
+    assert m.running()
+    return m
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="adds a network interface (root)")
 def test_a_stale_veth_of_the_unit_name_is_cleared(network):
     """A veth left by the machine that had this address before (freed asynchronously by the kernel) no longer
     makes the next start fail with "Failed to add new veth interfaces (vb-<unit>:host0): File exists"."""
     m = nspawn.Machine(network, "stale")
-    m.meta = {"unit": "sdc9-251"}
-    subprocess.run(["ip", "link", "add", "vb-sdc9-251", "type", "veth", "peer", "name", "vb-sdc9-251p"], check=True)
+    m.meta = {"address": "10.87.9.251", "unit": "sdc9-251"}
+    _veth("vb-sdc9-251")
     try:
-        m._clear_stale_veth()
+        assert m._claim_unit() is True
         assert not os.path.exists("/sys/class/net/vb-sdc9-251")
-        m._clear_stale_veth()  # none there: nothing to do
+        assert m._claim_unit() is False  # none there: nothing to do
     finally:
-        subprocess.run(["ip", "link", "delete", "vb-sdc9-251"], check=False, capture_output=True)
+        _no_veth("vb-sdc9-251")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="adds a network interface (root)")
+def test_a_moved_machine_takes_its_new_address_unit_and_spares_the_running_owner_of_its_old_one(network, sleeper):
+    """The e2e stand-ins give a stopped test host a new address; the host now at its old address runs with the old
+    unit name. The moved one's start must neither delete that one's veth nor collide with it."""
+    owner = _running_machine(network, sleeper, "now-at-10", "10.87.9.10")
+    moved = network.machine("moved")
+    os.makedirs(moved.dir)
+    moved.meta = {"name": "moved", "address": "10.87.9.12", "unit": "sdc9-10"}  # unit of its old address
+    moved._save()
+    _veth("vb-sdc9-10")
+    try:
+        assert moved._claim_unit() is False
+        assert moved.meta["unit"] == "sdc9-12"
+        assert os.path.exists("/sys/class/net/vb-sdc9-10"), "deleted the veth of a running machine"
+        assert owner.running()
+    finally:
+        _no_veth("vb-sdc9-10")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="adds a network interface (root)")
+def test_a_start_at_a_running_machines_address_is_refused(network, sleeper):
+    _running_machine(network, sleeper, "runs-at-13", "10.87.9.13")
+    twin = network.machine("twin")
+    os.makedirs(twin.dir)
+    twin.meta = {"name": "twin", "address": "10.87.9.13", "unit": "sdc9-13"}
+    twin._save()
+    _veth("vb-sdc9-13")
+    try:
+        with pytest.raises(nspawn.MachineError, match="machine runs-at-13 runs there"):
+            twin._claim_unit()
+        assert os.path.exists("/sys/class/net/vb-sdc9-13")
+    finally:
+        _no_veth("vb-sdc9-13")
+
+
+def test_nets_up_to_99(tmp_path):
+    net = nspawn.Network(net=12, state_root=str(tmp_path))
+    assert (net.bridge, str(net.subnet), net.unit("10.87.12.250")) == ("sdcloud12", "10.87.12.0/24", "sdc12-250")
+    assert len("vb-" + nspawn.Network(net=99, state_root=str(tmp_path)).unit("10.87.99.250")) <= 15
+    with pytest.raises(nspawn.MachineError, match="SDCLOUD_NET must be 0-99"):
+        nspawn.Network(net=100, state_root=str(tmp_path))

@@ -29,9 +29,11 @@ import signal
 import socket
 import subprocess
 import time
+import urllib.parse
+import urllib.request
 import uuid
 
-PACKAGES = ("debootstrap", "systemd-container", "tinyproxy", "zstd")
+PACKAGES = ("debootstrap", "systemd-container", "tinyproxy", "zstd", "apt-cacher-ng")
 BASE_INCLUDE = (
     "systemd,systemd-sysv,dbus,libpam-systemd,openssh-server,python3,python3-venv,python3-apt,"
     "python3-packaging,sudo,iproute2,ca-certificates,procps,git"
@@ -46,9 +48,25 @@ PROXY_PORT = 8888
 # and shared by every local machine, bind-mounted at the same path inside. Only root writes it, in each
 # machine (the roles run uv as root), so one cache serves machines whose users' uids differ.
 PACKAGE_CACHE = os.path.join(CACHE_DIR, "uv")
+# pip's cache (AUTOMATIC1111 installs with pip, as its own user), shared the same way, at PIP_CACHE inside. pip
+# runs as the app's user, whose uid may differ between machines, so the cache is writable by all (sticky, like
+# /tmp; a user that cannot write an entry another one made just does not cache it); on this computer it sits in a
+# directory only root enters, so no user here can put a package into it.
+PIP_CACHE = os.path.join(CACHE_DIR, "pip")
+PIP_CACHE_HOST = os.path.join(PIP_CACHE, "shared")
+# The Debian packages the machines download are kept once on this computer too: one apt-cacher-ng (Debian's
+# caching proxy for package archives) serves every machine of every net, listening on this computer's loopback
+# only; each net's tinyproxy hands it the requests for the Debian archive (tinyproxy's Upstream rule), so the
+# machines' apt settings stay what they are. A second install of a package is local, and when the archive does
+# not answer at the cache's start the packages already cached are still served (see AptCache).
+APT_CACHE_DIR = os.path.join(CACHE_DIR, "apt")
+APT_CACHE_PORT = 3149  # not apt-cacher-ng's usual 3142, which a computer may use for its own
 # The disk a machine needs (GB free under the state dir when it is created): ComfyUI's Python
 # environment takes ~7 GB, the shared package cache ~4 GB per PyTorch version, plus the models.
 MIN_FREE_GB = 20
+# Nets 0-99: bridge sdcloud<net>, subnet 10.87.<net>.0/24, host-side veths vb-sdc<net>-<host> (at most 12 of
+# the 15 characters an interface name may have).
+MAX_NET = 99
 NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
 SUPERVISOR = """#!/bin/bash
@@ -110,6 +128,20 @@ def _pid_alive(pid, marker=None, start=None):
         return False
 
 
+def _read_pidfile(path):
+    """(pid, start time) from a pidfile we wrote; (None, None) when there is none."""
+    try:
+        parts = [int(x) for x in _read(path).split()]
+    except ValueError:
+        return None, None
+    return tuple(parts + [None, None])[:2] if parts else (None, None)
+
+
+def _write_pidfile(path, pid):
+    with open(path, "w") as f:
+        f.write("%d %d\n" % (pid, _proc_start(pid) or 0))
+
+
 @contextlib.contextmanager
 def _lock(path):
     os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -145,6 +177,10 @@ def install_packages():
         env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
         _run(["apt-get", "update", "-qq"], env=env)
         _run(["apt-get", "install", "-y", "-qq", *missing], env=env)
+        if "apt-cacher-ng" in missing and os.path.isdir("/run/systemd/system"):
+            # Debian's package starts a service of its own, listening on every address of this computer: sdcloud
+            # starts its own instance, on the loopback only, when machines run (AptCache)
+            _run(["systemctl", "disable", "--now", "apt-cacher-ng.service"], check=False)
     return missing
 
 
@@ -205,25 +241,133 @@ def ensure_base():
 
 
 def _ensure_package_cache():
-    """The shared package cache on this computer: sdcloud's own directory (made here, never chmod'ed
-    if it was already there)."""
+    """The shared package caches on this computer: sdcloud's own directories (made here, never chmod'ed
+    if they were already there)."""
     if not os.path.isdir(PACKAGE_CACHE):
         os.makedirs(PACKAGE_CACHE, mode=0o700)
+    if not os.path.isdir(PIP_CACHE_HOST):
+        os.makedirs(PIP_CACHE, mode=0o700, exist_ok=True)
+        os.makedirs(PIP_CACHE_HOST)
+        os.chmod(PIP_CACHE_HOST, 0o1777)
     return PACKAGE_CACHE
 
 
+def _bridges():
+    """The sdcloud bridges on this computer, of every net."""
+    try:
+        return [n for n in os.listdir("/sys/class/net") if re.fullmatch(r"sdcloud\d+", n)]
+    except OSError:
+        return []
+
+
+class AptCache:
+    """The apt-cacher-ng every net's machines share (see APT_CACHE_DIR): started by the first net that comes up,
+    stopped (by PID) when the last sdcloud bridge is gone. It listens on 127.0.0.1 only; the machines reach it
+    through their net's tinyproxy.
+
+    When the archive does not answer as the cache starts, it starts in apt-cacher-ng's offline mode if it holds
+    anything: apt-cacher-ng serves a cached .deb without asking the archive, but it answers 503 for a package list
+    it cannot check with the archive, so without that mode one `apt-get update` fails the machine's run although
+    every package it needs is here. When the archive comes back, the next start of the cache is online again."""
+
+    def __init__(self, state_root):
+        self.dir = os.path.join(state_root, "apt-cache")
+        self.pidfile = os.path.join(self.dir, "apt-cacher-ng.pid")
+        self.mirror = _mirror()
+        self.archive_host = urllib.parse.urlsplit(self.mirror).hostname
+
+    @property
+    def mode_file(self):
+        return os.path.join(self.dir, "mode")
+
+    def running(self):
+        pid, start = _read_pidfile(self.pidfile)
+        return _pid_alive(pid, "apt-cacher-ng", start)
+
+    def mode(self):
+        """What the running cache serves: "online", or "offline: ..." saying why; "" when it does not run."""
+        return _read(self.mode_file).strip() if self.running() else ""
+
+    def _archive_answers(self):
+        """Whether the archive answers for this suite's index, asked directly (as apt-cacher-ng will ask it)."""
+        url = "%s/dists/%s/InRelease" % (self.mirror.rstrip("/"), SUITE)
+        opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        try:
+            with opener.open(urllib.request.Request(url, method="HEAD"), timeout=10) as r:
+                return r.status == 200
+        except (OSError, ValueError):
+            return False
+
+    def ensure(self):
+        """Start the cache unless it runs. Returns True if it was started."""
+        with _lock(os.path.join(CACHE_DIR, ".apt-cache.lock")):
+            if self.running():
+                return False
+            if not shutil.which("apt-cacher-ng"):
+                install_packages()
+            os.makedirs(self.dir, exist_ok=True)
+            if not os.path.isdir(APT_CACHE_DIR):
+                os.makedirs(APT_CACHE_DIR, mode=0o755)
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", APT_CACHE_PORT), timeout=1):
+                raise MachineError("127.0.0.1:%d (sdcloud's package cache) is taken by a process sdcloud did not record: "
+                                   "stop it, then try again" % APT_CACHE_PORT)
+            offline = not self._archive_answers() and bool(os.listdir(APT_CACHE_DIR))
+            conf_dir = os.path.join(self.dir, "conf")
+            os.makedirs(conf_dir, exist_ok=True)
+            # a configuration of our own, without Debian's remapping rules (they send deb.debian.org's requests to
+            # other mirrors): every archive URL is fetched from where the machine asked, and cached under its path
+            with open(os.path.join(conf_dir, "acng.conf"), "w") as f:
+                f.write("# written by sdcloud: the package cache its local machines share (loopback only)\n"
+                        "CacheDir: %s\nLogDir: %s\nSocketPath: %s\nPort: %d\nBindAddress: 127.0.0.1\n"
+                        "ForeGround: 1\nOfflinemode: %d\n"
+                        % (APT_CACHE_DIR, self.dir, os.path.join(self.dir, "socket"), APT_CACHE_PORT, int(offline)))
+            with open(self.mode_file, "w") as f:
+                f.write("offline: %s did not answer at %s, cached packages only\n"
+                        % (self.mirror, time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())) if offline else "online\n")
+            log = open(os.path.join(self.dir, "daemon.log"), "ab")  # noqa: SIM115 - handed to the daemon
+            proc = subprocess.Popen(["apt-cacher-ng", "-c", conf_dir], stdout=log, stderr=log,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+            _write_pidfile(self.pidfile, proc.pid)
+            try:
+                _wait_port("127.0.0.1", APT_CACHE_PORT, 10, "the package cache (apt-cacher-ng)")
+            except MachineError:
+                _kill_group(proc.pid, 5)
+                raise MachineError("the package cache (apt-cacher-ng) did not start: %s"
+                                   % _read(os.path.join(self.dir, "daemon.log"))[-2000:]) from None
+            return True
+
+    def stop_when_unused(self):
+        """Stop the cache when no sdcloud bridge is left. Returns True if it was stopped."""
+        return self.stop(only_when_unused=True)
+
+    def stop(self, only_when_unused=False):
+        """Stop the cache we started (by its recorded PID). Returns True if it ran."""
+        if not self.running():
+            return False
+        # under the lock ensure() takes: a net that comes up meanwhile has its bridge before it asks for the cache
+        with _lock(os.path.join(CACHE_DIR, ".apt-cache.lock")):
+            pid, start = _read_pidfile(self.pidfile)
+            if not _pid_alive(pid, "apt-cacher-ng", start) or (only_when_unused and _bridges()):
+                return False
+            _kill_group(pid, start=start)
+            with contextlib.suppress(OSError):
+                os.unlink(self.pidfile)
+            return True
+
+
 class Network:
-    """One private bridge, its address plan and its proxy. `net` (0-9) isolates parallel runs."""
+    """One private bridge, its address plan and its proxy. `net` (0-99) isolates parallel runs."""
 
     def __init__(self, net=None, state_root=None):
         self.net = int(os.environ.get("SDCLOUD_NET", "0") if net is None else net)
-        if not 0 <= self.net <= 9:
-            raise MachineError(f"SDCLOUD_NET must be 0-9, got {self.net!r}")
+        if not 0 <= self.net <= MAX_NET:
+            raise MachineError(f"SDCLOUD_NET must be 0-{MAX_NET}, got {self.net!r}")
         self.bridge = "sdcloud%d" % self.net
         self.subnet = ipaddress.ip_network("10.87.%d.0/24" % self.net)
         self.gateway = str(self.subnet.network_address + 1)
         root = state_root or os.environ.get("SDCLOUD_STATE_DIR", "/var/lib/sdcloud")
         self.state_dir = os.path.join(root, "net%d" % self.net)
+        self.apt_cache = AptCache(root)
         self.machines_dir = os.path.join(self.state_dir, "machines")
         self.proxy_url = "http://%s:%d" % (self.gateway, PROXY_PORT)
 
@@ -233,15 +377,10 @@ class Network:
 
     def _read_pid(self, what):
         """(pid, start time) from the pidfile; (None, None) when there is none."""
-        try:
-            parts = [int(x) for x in _read(self._pidfile(what)).split()]
-        except ValueError:
-            return None, None
-        return tuple(parts + [None, None])[:2] if parts else (None, None)
+        return _read_pidfile(self._pidfile(what))
 
     def _write_pid(self, what, pid):
-        with open(self._pidfile(what), "w") as f:
-            f.write("%d %d\n" % (pid, _proc_start(pid) or 0))
+        _write_pidfile(self._pidfile(what), pid)
 
     def bridge_exists(self):
         return os.path.exists(f"/sys/class/net/{self.bridge}")
@@ -255,6 +394,7 @@ class Network:
             _run(["ip", "addr", "add", "%s/%d" % (self.gateway, self.subnet.prefixlen), "dev", self.bridge])
             _run(["ip", "link", "set", self.bridge, "up"])
             changed = True
+        self.apt_cache.ensure()
         pid, start = self._read_pid("proxy")
         if not _pid_alive(pid, "tinyproxy", start):
             conf = os.path.join(self.state_dir, "tinyproxy.conf")
@@ -263,7 +403,9 @@ class Network:
                     "# written by sdcloud: egress for the local machines (apt, pip) and nothing else\n"
                     "User nobody\nGroup nogroup\nPort %d\nListen %s\nTimeout 600\nMaxClients 64\n"
                     "Allow %s\nConnectPort 443\nConnectPort 80\nLogLevel Warning\nDisableViaHeader Yes\n"
-                    % (PROXY_PORT, self.gateway, self.subnet)
+                    "# the Debian archive through the package cache shared by every machine (AptCache)\n"
+                    "Upstream http 127.0.0.1:%d \"%s\"\n"
+                    % (PROXY_PORT, self.gateway, self.subnet, APT_CACHE_PORT, self.apt_cache.archive_host)
                 )
             log = open(os.path.join(self.state_dir, "tinyproxy.log"), "ab")  # noqa: SIM115 - handed to the daemon
             proc = subprocess.Popen(["tinyproxy", "-d", "-c", conf], stdout=log, stderr=log,
@@ -286,6 +428,7 @@ class Network:
         if self.bridge_exists():
             _run(["ip", "link", "del", self.bridge])
             changed = True
+        self.apt_cache.stop_when_unused()
         if not self.machines():
             shutil.rmtree(self.state_dir, ignore_errors=True)
         return changed
@@ -337,6 +480,12 @@ class Network:
 
     def machine(self, name):
         return Machine(self, name)
+
+    def unit(self, address):
+        """The nspawn machine name of the machine at `address` (short: the host-side veth is vb-<unit>). It follows
+        the address, so two machines on this net never share one, and a machine given another address (the e2e
+        stand-ins move a stopped host) gets the new one at its next start."""
+        return "sdc%d-%s" % (self.net, address.rsplit(".", 1)[1])
 
     def free_address(self):
         used = {m.meta.get("address") for m in self.machines()}
@@ -432,6 +581,7 @@ class Machine:
         d.pop("pid", None)
         d.pop("pid_start", None)
         d["state"] = self.state
+        d["disk"] = self.dir  # on this computer; the machine's own files are in upper/ (overlay)
         return d
 
     # -- lifecycle --------------------------------------------------------
@@ -458,7 +608,7 @@ class Machine:
             "name": self.name,
             "address": addr,
             "bridge": net.bridge,
-            "unit": "sdc%d-%s" % (net.net, addr.rsplit(".", 1)[1]),  # short: host veth is vb-<unit>
+            "unit": net.unit(addr),
             "uuid": uuid.uuid4().hex,
             "labels": dict(labels or {}),
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -506,7 +656,8 @@ class Machine:
         # egress: only through the proxy on the bridge (apt, pip, git over https)
         self._write("/etc/apt/apt.conf.d/90sdcloud-proxy",
                     f'Acquire::http::Proxy "{net.proxy_url}";\nAcquire::https::Proxy "{net.proxy_url}";\n')
-        self._write("/etc/pip.conf", f"[global]\nproxy = {net.proxy_url}\ncert = /etc/ssl/certs/ca-certificates.crt\n")
+        self._write("/etc/pip.conf", f"[global]\nproxy = {net.proxy_url}\ncert = /etc/ssl/certs/ca-certificates.crt\n"
+                    f"cache-dir = {PIP_CACHE}\n")
         # uv (the roles install Python environments with it): the shared cache, copies (the cache is another
         # mount, so no hard links), the system's CA store (egress may be TLS-inspected); the proxy comes
         # from /etc/environment
@@ -542,10 +693,10 @@ class Machine:
         os.makedirs(tmp, exist_ok=True)
         os.chmod(tmp, 0o1777)
         argv = [self.supervisor, "-D", self.root, "-M", m["unit"], "-b", "--register=no", "--keep-unit",
-                "--bind=%s:/tmp" % tmp, "--bind=%s:%s" % (PACKAGE_CACHE, PACKAGE_CACHE),
+                "--bind=%s:/tmp" % tmp, "--bind=%s:%s" % (PACKAGE_CACHE, PACKAGE_CACHE), "--bind=%s:%s" % (PIP_CACHE_HOST, PIP_CACHE),
                 "--network-bridge=" + net.bridge, "--resolv-conf=off", "--timezone=off", "--link-journal=no",
                 "--uuid=" + m["uuid"], "--console=read-only", "--hostname=" + self.name]
-        self._clear_stale_veth()
+        self._claim_unit()
         log = open(os.path.join(self.dir, "console.log"), "ab")  # noqa: SIM115 - handed to the machine
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         m["pid"], m["pid_start"] = proc.pid, _proc_start(proc.pid)
@@ -559,16 +710,31 @@ class Machine:
             raise
         return True
 
-    def _clear_stale_veth(self):
-        """Delete a host-side veth of this machine's unit name left by a machine that had its address before.
+    def _claim_unit(self):
+        """Take the nspawn machine name of this machine's address, and delete a host-side veth of that name left by
+        the machine that had the address before.
 
         The kernel frees a container's network namespace, and with it the veth pair, asynchronously after
-        systemd-nspawn exits; a machine started with the same unit name (it follows the address) in that
-        moment failed with "Failed to add new veth interfaces (vb-<unit>:host0): File exists". No running
-        machine can own the name: the address is this machine's."""
+        systemd-nspawn exits; a machine started with the same unit name in that moment failed with "Failed to add
+        new veth interfaces (vb-<unit>:host0): File exists". The name is derived from the address at every start
+        (a stopped machine may have been given another address since), so only a machine of this net running at
+        this same address could own the veth: then nothing is deleted and the start is refused."""
+        self.meta["unit"] = self.network.unit(self.meta["address"])
         veth = "vb-" + self.meta["unit"]
-        if os.path.exists("/sys/class/net/" + veth):
-            _run(["ip", "link", "delete", veth], check=False)
+        if not os.path.exists("/sys/class/net/" + veth):
+            return False
+        for other in self.network.machines():
+            if other.name != self.name and other.meta.get("unit") == self.meta["unit"] and other.running():
+                raise MachineError("machine %s cannot start at %s: machine %s runs there (interface %s): stop it, or "
+                                   "give %s another address" % (self.name, self.meta["address"], other.name, veth, self.name))
+        _run(["ip", "link", "delete", veth], check=False)
+        deadline = time.monotonic() + 5
+        while os.path.exists("/sys/class/net/" + veth):
+            if time.monotonic() > deadline:
+                raise MachineError(f"interface {veth}, left by the machine that had address {self.meta['address']} "
+                                   f"before, could not be deleted: `ip link delete {veth}`, then start {self.name} again")
+            time.sleep(0.1)
+        return True
 
     def console_tail(self, n=4000):
         try:
