@@ -59,6 +59,25 @@ ansible_doc_all() {  # every plugin's DOCUMENTATION must render (a YAML slip the
   for f in plugins/modules/*.py; do ansible-doc -t module "$(basename "$f" .py)" >/dev/null || rc=1; done
   for f in plugins/inventory/*.py; do ansible-doc -t inventory "$(basename "$f" .py)" >/dev/null || rc=1; done
   for f in plugins/callback/*.py; do ansible-doc -t callback "$(basename "$f" .py)" >/dev/null || rc=1; done
+  # Filters: a .py holds several, each documented by its sidecar plugins/filter/<filter name>.yml. ansible-doc
+  # lists a filter without one (or with one it cannot parse) as UNDOCUMENTED, and skips a filter file it cannot
+  # import with a mere warning (its filters vanish from the list): both fail here, as does a sidecar that
+  # documents no filter (a typo in its file name, a filter renamed or removed).
+  local list names n
+  list=$(ansible-doc -t filter -l 2>&1) || { echo "$list"; rc=1; }
+  names=$(awk '$1 ~ /^ansible\.legacy\./ {print $1}' <<<"$list")
+  grep -E "^\[WARNING\]: Skipping (file|plugin).*$PWD/plugins/filter/" <<<"$list" && rc=1
+  [ -n "$names" ] || { echo "ansible-doc -t filter -l lists none of the filters in plugins/filter/*.py"; rc=1; }
+  awk '$1 ~ /^ansible\.legacy\./ && $2 == "UNDOCUMENTED" { sub(/^ansible\.legacy\./, "", $1); bad = 1
+         print "filter " $1 " is UNDOCUMENTED: add plugins/filter/" $1 ".yml (DOCUMENTATION, EXAMPLES, RETURN as in sdcloud_tcp_rules.yml)" }
+       END { exit bad }' <<<"$list" || rc=1
+  # shellcheck disable=SC2086  # one filter name a word
+  [ -z "$names" ] || ansible-doc -t filter $names >/dev/null || rc=1
+  for f in plugins/filter/*.yml; do
+    n=$(basename "$f" .yml)
+    grep -qx "ansible.legacy.$n" <<<"$names" || { echo "$f documents no filter: plugins/filter/*.py registers none named $n"; rc=1; }
+    grep -qx "  name: $n" "$f" || { echo "$f: its DOCUMENTATION needs name: $n (the file's name)"; rc=1; }
+  done
   [ "$rc" = 0 ] && echo "ansible-doc: every plugin renders"
   return $rc
 }
