@@ -125,6 +125,14 @@ options:
   max_hourly_price:
     description: vast.ai, the most USD per hour an offer may cost (offer filter C(dph_total)); unset, no limit.
     type: float
+  start_command:
+    description:
+      - Pods, the container's start hook, set at creation (an existing pod keeps the one it was created with).
+      - RunPod, the pod's docker start command (createPod C(args)); it runs instead of the image's own start
+        command, so it must still start sshd (RunPod's images do that in C(/start.sh)), e.g.
+        V(bash -c '/workspace/start-hook.sh; exec /start.sh').
+      - vast.ai, C(onstart), run at every container start after vast's own launcher started sshd.
+    type: str
   labels:
     description: Extra labels (GCP) / tags (AWS) for every resource created. sdcloud's own keys always win.
     type: dict
@@ -370,6 +378,7 @@ def argument_spec() -> dict:
         "ports": {"type": "list", "elements": "int", "default": []},
         "pod_cloud": {"type": "str", "default": "SECURE", "choices": ["SECURE", "COMMUNITY"]},
         "max_hourly_price": {"type": "float"},
+        "start_command": {"type": "str"},
     }
 
 

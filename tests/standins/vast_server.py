@@ -199,7 +199,8 @@ class VastStandin(JsonStandin):
         self.instances[inst_id] = {
             "id": inst_id, "label": body.get("label"), "actual_status": None, "intended_status": "running",
             "cur_state": "running", "next_state": "running", "image_uuid": body["image"],
-            "image_runtype": body.get("runtype", "ssh"), "gpu_name": offer["gpu_name"], "num_gpus": offer["num_gpus"],
+            "image_runtype": body.get("runtype", "ssh"), "onstart": body.get("onstart"),
+            "gpu_name": offer["gpu_name"], "num_gpus": offer["num_gpus"],
             "dph_total": float(body["price"]) if bid else offer["dph_total"], "is_bid": bid, "min_bid": offer["min_bid"],
             "geolocation": offer["geolocation"], "public_ipaddr": None, "ports": {},
             "ssh_host": f"ssh{inst_id % 10}.vast.ai", "ssh_port": 20000 + inst_id % 10000,

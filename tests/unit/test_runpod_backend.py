@@ -47,6 +47,13 @@ def test_create_says_once_that_runpod_has_no_spot_and_maps_ssh_and_the_ui(rp, ru
     assert "warnings" not in again and len(creates(rp)) == 1
 
 
+def test_the_start_hook_is_the_pod_s_docker_start_command(rp, run):
+    failed, res = run(spot=False, start_command="bash -c '/workspace/hook.sh; exec /start.sh'")
+    assert not failed, res["msg"]
+    assert creates(rp)[0]["body"]["args"] == "bash -c '/workspace/hook.sh; exec /start.sh'"
+    assert rp.pods[res["instance"]["id"]]["args"] == "bash -c '/workspace/hook.sh; exec /start.sh'"
+
+
 def test_check_mode_plans_and_creates_nothing(rp, run):
     failed, res = run(check=True, spot=False, zones=["US-KS-2", "any"])
     assert not failed and res["changed"]

@@ -54,6 +54,13 @@ def test_on_demand_takes_the_cheapest_offer_anywhere(vast, run):
     assert "price" not in body and body["cancel_unavail"] is True
 
 
+def test_the_start_hook_is_onstart(vast, run):
+    failed, res = run(spot=False, start_command="/workspace/hook.sh")
+    assert not failed, res["msg"]
+    assert asks(vast)[0]["body"]["onstart"] == "/workspace/hook.sh"
+    assert vast.instances[int(res["instance"]["id"])]["onstart"] == "/workspace/hook.sh"
+
+
 def test_no_offer_matches_says_which_filter(vast, run):
     failed, res = run(spot=False, zones=["FR"], disk_size_gb=800)
     assert failed and res["code"] == "NoCapacity"

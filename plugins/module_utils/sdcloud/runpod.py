@@ -133,18 +133,21 @@ class RunpodBackend(PodBackend):
     spot_supported = False
     default_image = DEFAULT_IMAGE
 
-    def __init__(self, key: str, zones=None, endpoint: str | None = None, ports=None, cloud: str = DEFAULT_CLOUD):
+    def __init__(self, key: str, *, zones=None, endpoint: str | None = None, ports=None, cloud: str = DEFAULT_CLOUD,
+                 start_command: str | None = None):
         self.api = JsonApi(endpoint or os.environ.get(ENV_ENDPOINT) or API_URL, key, PROVIDER,
                            f"{ENV_KEY} (or `api_key`)")
         self.zones = [z.strip() for z in zones or [] if z and z.strip()]
         self.ui_ports = sorted({int(p) for p in ports or []} - {SSH_PORT})
         self.cloud = cloud
+        self.start_command = start_command  # createPod `args`: run instead of the image's CMD
         self._catalog: dict | None = None
 
     @classmethod
     def from_params(cls, params: dict) -> RunpodBackend:
         return cls(api_key(params, ENV_KEY), zones=params.get("zones") or [], endpoint=params.get("endpoint"),
-                   ports=params.get("ports") or [], cloud=(params.get("pod_cloud") or DEFAULT_CLOUD).upper())
+                   ports=params.get("ports") or [], cloud=(params.get("pod_cloud") or DEFAULT_CLOUD).upper(),
+                   start_command=params.get("start_command"))
 
     def _error(self, exc: ApiError, doing: str) -> SdcloudError:
         if exc.status == 402:
@@ -241,6 +244,8 @@ class RunpodBackend(PodBackend):
         }
         if zone != ANY_ZONE:
             body["dataCenterIds"] = [zone]
+        if self.start_command:
+            body["args"] = self.start_command
         return body
 
     def try_zone(self, placement: dict, zone: str, spot: bool, deadline: Deadline) -> Instance:

@@ -146,19 +146,21 @@ class VastBackend(PodBackend):
     provider = PROVIDER
     default_image = DEFAULT_IMAGE
 
-    def __init__(self, key: str, zones=None, endpoint: str | None = None, ports=None,
-                 max_hourly_price: float | None = None):
+    def __init__(self, key: str, *, zones=None, endpoint: str | None = None, ports=None,
+                 max_hourly_price: float | None = None, start_command: str | None = None):
         self.api = JsonApi(endpoint or os.environ.get(ENV_ENDPOINT) or API_URL, key, PROVIDER,
                            f"{ENV_KEY} (or `api_key`)")
         self.zones = [z.strip().upper() if z.strip().lower() != ANY_ZONE else ANY_ZONE
                       for z in zones or [] if z and z.strip()]
         self.ui_ports = sorted({int(p) for p in ports or []} - {SSH_PORT})
         self.max_hourly_price = max_hourly_price
+        self.start_command = start_command  # `onstart`: run at every container start, after vast's sshd
 
     @classmethod
     def from_params(cls, params: dict) -> VastBackend:
         return cls(api_key(params, ENV_KEY), zones=params.get("zones") or [], endpoint=params.get("endpoint"),
-                   ports=params.get("ports") or [], max_hourly_price=params.get("max_hourly_price"))
+                   ports=params.get("ports") or [], max_hourly_price=params.get("max_hourly_price"),
+                   start_command=params.get("start_command"))
 
     def _error(self, exc: ApiError, doing: str) -> SdcloudError:
         text = f"{exc.message} {(exc.body or {}).get('error', '') if isinstance(exc.body, dict) else ''}".lower()
@@ -275,6 +277,8 @@ class VastBackend(PodBackend):
         env = " ".join(f"-p {p}:{p}" for p in [SSH_PORT, *self.ui_ports])
         body = {"image": spec.image or DEFAULT_IMAGE, "label": pod_name(spec.name), "disk": int(spec.disk_size_gb),
                 "runtype": "ssh_direct", "env": env, "target_state": "running"}
+        if self.start_command:
+            body["onstart"] = self.start_command
         if spot:
             body["price"] = float(ask.get("min_bid") or ask.get("dph_total"))
         else:
