@@ -125,7 +125,13 @@ def free_port():
         return s.getsockname()[1]
 
 
-TUNNEL_RE = re.compile(r"^\s*(ssh -i \S+ ((?:-o \S+ )*)-N -L 8188:127\.0\.0\.1:8188 (\S+)@(\S+))\s*$", re.M)
+# the summary's tunnel line, forwarding the first UI's port (?:...: the groups stay 1 command, 2 options, 3 user, 4 host)
+TUNNEL_RE = re.compile(r"^\s*(ssh -i \S+ ((?:-o \S+ )*)-N -L [0-9]+:127\.0\.0\.1:[0-9]+ (?:-L \S+ )*(\S+)@(\S+))\s*$", re.M)
+
+
+def local_forward(command, port):
+    """The summary's tunnel command (TUNNEL_RE's group 1) forwarding local `port` instead of the UI's own."""
+    return re.sub(r"-L [0-9]+:", f"-L {port}:", command, count=1).split()
 
 
 def through_tunnel(out, ssh_opts=(), path="/system_stats", timeout=30):
@@ -136,7 +142,7 @@ def through_tunnel(out, ssh_opts=(), path="/system_stats", timeout=30):
     m = TUNNEL_RE.search(out)
     assert m, "the summary must print an ssh -L command:\n" + out[-3000:]
     port = free_port()
-    cmd = m.group(1).replace("-L 8188:", f"-L {port}:").split()
+    cmd = local_forward(m.group(1), port)
     cmd[1:1] = ["-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", *ssh_opts]
     with tempfile.TemporaryFile() as err:
         tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)

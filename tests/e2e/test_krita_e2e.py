@@ -40,6 +40,11 @@ UPSTREAM = ROOT.parent / "shared" / "upstream"
 NET = "4"
 NAME = "krita"
 GATEWAY = f"10.87.{NET}.1"
+# Not the defaults, so that every part which must agree on them is seen to (playbooks/vars/shape.yml): the UI
+# listens on UI_PORT, the tunnel, the proxy, autostop and the summary use it; the sync and ComfyUI share MODELS;
+# the firewall opens HTTPS_PORT and Krita's URL carries it.
+UI_PORT, HTTPS_PORT, MODELS = 8288, 8443, "/srv/sdcloud-models"
+SHAPE = {"sdcloud_comfyui_port": UI_PORT, "sdcloud_https_port": HTTPS_PORT, "sdcloud_models_dir": MODELS}
 CACHE = pathlib.Path(os.environ.get("SDCLOUD_CACHE_DIR") or "/var/cache/sdcloud")
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
 
@@ -155,7 +160,7 @@ def env(tmp_path_factory):
 def play(env, name, *extra, check=True, access="public"):
     settings = {"sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"], "sdcloud_access": access,
                 "sdcloud_access_token_file": env["TMP"] + "/krita.token",
-                "sdcloud_access_cidrs": [f"{GATEWAY}/32", env["PROBE_IP"] + "/32"], **profile_vars()}
+                "sdcloud_access_cidrs": [f"{GATEWAY}/32", env["PROBE_IP"] + "/32"], **SHAPE, **profile_vars()}
     return run_play(env, name, "-e", json.dumps(settings), *extra, check=check, vars_file="upstream-vars.yml")
 
 
@@ -201,10 +206,10 @@ def place_placeholders(env, ip):
     lines = ["set -e"]
     for m in MANIFEST:
         if m is not ckpt:
-            path = f"/opt/sdcloud/models/{m['kind']}/{m['name']}"
+            path = f"{MODELS}/{m['kind']}/{m['name']}"
             lines.append(f"printf 'PLACEHOLDER (sdcloud test fixture) for %s\\n' '{m['name']}' > '{path}'")
     ssh(env, ip, "\n".join(lines))
-    count = ssh(env, ip, f"cd /opt/comfyui/app && /opt/comfyui/venv/bin/python - /opt/sdcloud/models/checkpoints/{ckpt['name']}",
+    count = ssh(env, ip, f"cd /opt/comfyui/app && /opt/comfyui/venv/bin/python - {MODELS}/checkpoints/{ckpt['name']}",
                 timeout=300, stdin=SDXL_HEADER)
     assert int(count) > 1000, f"an SDXL UNet has ~1700 tensors, the placeholder {count}"
     return ckpt["name"]
@@ -215,7 +220,7 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     _, out = play(env, "provision.yml", access="tunnel")
     ip = machines(env)[NAME]["address"]
     # the node's system libraries: comfyui_controlnet_aux imported (InpaintPreprocessor is its class)
-    nodes = json.loads(ssh(env, ip, "curl -fsS --max-time 60 http://127.0.0.1:8188/object_info"))
+    nodes = json.loads(ssh(env, ip, f"curl -fsS --max-time 60 http://127.0.0.1:{UI_PORT}/object_info"))
     assert {c for n in PINS["required_nodes"] + PINS["optional_nodes"] for c in n["classes"]} <= set(nodes)
     assert ssh(env, ip, "journalctl -u comfyui -o cat | grep -c 'Cannot import' || true") == "0"
 
@@ -224,11 +229,12 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     lora = tmp_path / "sdcloud-test-lora.safetensors"
     lora.write_bytes(b"PLACEHOLDER (sdcloud test fixture): a LoRA uploaded by the Krita plugin\n" * 64)
 
-    # 2. the tunnel the summary prints (on a free local port instead of 8188), the plugin's Custom Server URL
+    # 2. the tunnel the summary prints (on a free local port instead of UI_PORT), the plugin's Custom Server URL
     m = e2e_util.TUNNEL_RE.search(out)
     assert m, out[-3000:]
     port = e2e_util.free_port()
-    cmd = m.group(1).replace("-L 8188:", f"-L {port}:").split()
+    assert f"-L {UI_PORT}:127.0.0.1:{UI_PORT} " in m.group(1), m.group(1)
+    cmd = e2e_util.local_forward(m.group(1), port)
     cmd[1:1] = ["-o", "ExitOnForwardFailure=yes", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
                 "-o", "BatchMode=yes", "-o", "LogLevel=ERROR"]
     tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -243,26 +249,27 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     assert verdict["upload"] == "ok" and verdict["lora_listed"], verdict
     owner = ssh(env, ip, f"stat -c '%U %a' /opt/comfyui/uploads/loras/{lora.name}")
     assert owner.startswith("comfyui "), owner
-    assert ssh(env, ip, f"stat -c '%U %a' /opt/sdcloud/models/checkpoints/{ckpt} /opt/sdcloud/models/loras") == "root 644\nroot 755"
+    assert ssh(env, ip, f"stat -c '%U %a' {MODELS}/checkpoints/{ckpt} {MODELS}/loras") == "root 644\nroot 755"
 
     # 4. public access, switched on for the same machine: what the summary says to type into Krita, with the
     # machine's certificate (the copy it names) trusted as a user does
     _, out = play(env, "provision.yml")
     token = pathlib.Path(env["TMP"], "krita.token").read_text().strip()
-    assert f"Custom Server: https://{ip}/{token}" in out, out[-3000:]
+    url = f"https://{ip}:{HTTPS_PORT}/{token}"
+    assert f"Custom Server: {url}" in out, out[-3000:]
     ca = pathlib.Path(env["TMP"], "krita.crt")
     assert ca.read_text().strip() == ssh(env, ip, "cat /etc/sdcloud/proxy/cert.pem")
-    verdict = client(env, plugin, f"https://{ip}/{token}", ca=ca)
+    verdict = client(env, plugin, url, ca=ca)
     assert verdict["qt_ssl"], "Qt found no OpenSSL 1.1"
     assert verdict["state"] == "connected", verdict
     assert "sdxl" in verdict["supported"], verdict
     # a wrong token: the plugin gets 401 on its first request
-    verdict = client(env, plugin, f"https://{ip}/{'x' * 43}", ca=ca)
+    verdict = client(env, plugin, f"https://{ip}:{HTTPS_PORT}/{'x' * 43}", ca=ca)
     assert verdict["state"] == "error" and "requires authentication" in verdict["error"], verdict
 
     # 1.53.0's connect path through the proxy: every request (websocket probe included) carries the token; it
     # stops only at the custom nodes 1.53.0 needs and this 1.35.0 server lacks
-    verdict = client(env, plugin_tree(tmp_path, "v1.53.0"), f"https://{ip}/{token}", ca=ca)
+    verdict = client(env, plugin_tree(tmp_path, "v1.53.0"), url, ca=ca)
     assert verdict["state"] == "error" and verdict["error"] == "MissingResources", verdict
     assert {"External Tooling Nodes", "Inpaint Nodes"} >= set(verdict["missing"]) and verdict["missing"], verdict
 
@@ -272,12 +279,12 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     # 5. the firewall, from a second host on the bridge: the proxy answers (401 without the token), ComfyUI's
     # port and SSH do not (SSH is only for this computer, the proxy for the CIDRs given)
     probe = env["PROBE_IP"]
-    assert ssh(env, probe, f"python3 - https://{ip}/system_stats", key=env["PROBE_KEY"], stdin=STATUS) == "401"
-    assert ssh(env, probe, f"python3 - https://{ip}/{token}/system_stats", key=env["PROBE_KEY"], stdin=STATUS) == "200"
+    assert ssh(env, probe, f"python3 - https://{ip}:{HTTPS_PORT}/system_stats", key=env["PROBE_KEY"], stdin=STATUS) == "401"
+    assert ssh(env, probe, f"python3 - {url}/system_stats", key=env["PROBE_KEY"], stdin=STATUS) == "200"
     # ComfyUI alone: the proxy's AUTOMATIC1111 port is not opened (it once was, in nftables)
     ruleset = ssh(env, ip, "nft list ruleset")
-    assert "dport 443 " in ruleset and "7443" not in ruleset, ruleset
-    for port_ in (8188, 22):
+    assert f"dport {HTTPS_PORT} " in ruleset and "7443" not in ruleset, ruleset
+    for port_ in (UI_PORT, 22):
         rc = ssh(env, probe, f"timeout 8 bash -c '</dev/tcp/{ip}/{port_}' 2>/dev/null; echo $?", key=env["PROBE_KEY"])
         assert rc != "0", f"port {port_} of the machine answers a host outside sdcloud_ssh_cidrs"
 
@@ -297,7 +304,7 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     starts = ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")
     _, out = play(env, "provision.yml")
     assert int(ssh(env, ip, "journalctl -u comfyui -o cat | grep -c '^Starting server'")) == int(starts) + 1
-    nodes = json.loads(ssh(env, ip, "curl -fsS --max-time 60 http://127.0.0.1:8188/object_info"))
+    nodes = json.loads(ssh(env, ip, f"curl -fsS --max-time 60 http://127.0.0.1:{UI_PORT}/object_info"))
     assert {c for n in PINS["required_nodes"] for c in n["classes"]} <= set(nodes)
 
     # 8. a ComfyUI version the repository does not have: refused naming the setting; the running one stays
