@@ -431,125 +431,151 @@ def _key_changed(module, backend, found, result) -> bool:
     return True
 
 
+def _create(module, backend, result) -> dict:
+    """No instance yet: create one (or, in check mode, say what would be). Returns the diff's `after`."""
+    p = module.params
+    provider = p["provider"]
+    if not p["gpu"]:
+        raise SdcloudError(f"deployment {p['name']!r} has no instance and `gpu` is not set: set gpu to one "
+                           f"of {', '.join(catalog.gpu_names(provider))}")
+    if not p["zones"] and provider == "gcp":
+        raise SdcloudError("no zones: set `zones`, e.g. [us-central1-a, us-central1-b]")
+    spec = _spec(p)
+    if spec.spot and not backend.spot_supported:
+        module.warn(f"{provider} has no spot capacity: creating an on-demand pod at the on-demand price "
+                    "(set spot: false to silence this)")
+        spec.spot = False
+    result["changed"] = True
+    if module.check_mode:
+        plan = backend.plan_create(spec)
+        result["plan"] = plan
+        zones = ", ".join(plan.get("zones") or []) or "no zone offering it"
+        result["msg"] = (f"would create {plan.get('machine_type')} ({p['gpu']}, "
+                         f"{'spot' if p['spot'] else 'on-demand'}) trying {zones}")
+        return {"state": RUNNING, "machine_type": plan.get("machine_type"), "spot": p["spot"]}
+    inst, attempts = backend.create_instance(spec, p["wait_timeout"])
+    result.update(instance=inst.to_dict(), attempts=[a.to_dict() for a in attempts])
+    traffic = f" + ${inst.bandwidth_price_gb:g}/GB downloaded" if inst.bandwidth_price_gb is not None else ""
+    result["msg"] = (f"created {inst.machine_type} ({inst.gpu}, {'spot' if inst.spot else 'on-demand'}) "
+                     f"in {inst.zone}, ~${inst.hourly_price}/h{traffic} ({catalog.price_note(provider)})")
+    return _summary(inst)
+
+
+def _bring_up(module, backend, found, result, before) -> dict:
+    """An instance that is not running (or whose key just changed): start or resume it. Returns `after`."""
+    p = module.params
+    result["changed"] = result["changed"] or found.state != PENDING
+    if found.state == RUNNING:
+        result["instance"] = found.to_dict()
+        result["msg"] = f"{found.id} runs in {found.zone}; {result['key_msg']}"
+        return before
+    verb = "resume" if found.state == SUSPENDED else "start"
+    if module.check_mode:
+        result["instance"] = found.to_dict()
+        result["msg"] = f"would {verb} {found.id} in {found.zone}" if result["changed"] else f"{found.id} is starting"
+        after = dict(before, state=RUNNING)
+    else:
+        inst = backend.start_instance(found, p["wait_timeout"])
+        result["instance"] = inst.to_dict()
+        result["msg"] = f"{verb}d {inst.id} in {inst.zone}, ~${inst.hourly_price}/h" if verb == "resume" else \
+            f"started {inst.id} in {inst.zone}, ~${inst.hourly_price}/h"
+        after = _summary(inst)
+    if result.get("key_msg"):
+        result["msg"] += f"; {result['key_msg']}"
+    return after
+
+
+def _present(module, backend, found, result, before) -> dict:
+    p = module.params
+    if found is None:
+        return _create(module, backend, result)
+    if _key_changed(module, backend, found, result) or found.state in (STOPPED, STOPPING, PENDING, SUSPENDED):
+        return _bring_up(module, backend, found, result, before)
+    result["instance"] = found.to_dict()
+    result["msg"] = f"{found.id} is {found.state} in {found.zone}"
+    if p["gpu"] and found.gpu and found.gpu != p["gpu"]:
+        module.warn(f"deployment {p['name']!r} runs {found.gpu} ({found.machine_type}), not {p['gpu']}: "
+                    "to change the GPU, run state=absent then state=present (the disk is deleted)")
+    return before
+
+
+def _stopped(module, backend, found, result, before) -> dict:
+    p = module.params
+    provider, check = p["provider"], module.check_mode
+    if found is None:
+        result["msg"] = f"deployment {p['name']!r} has no instance: nothing to stop"
+        return before
+    if found.state == SUSPENDED:  # not stopped: say what it still costs, change nothing
+        cost = _disk_cost(provider, found, p["disk_size_gb"])
+        result.update(instance=found.to_dict(), disk_monthly_cost=cost, msg=(
+            f"{found.id} is suspended, not stopped: its memory is kept in storage and billed besides the "
+            f"{found.disk_size_gb or p['disk_size_gb']} GB disk (about ${cost:.2f}/month for the disk alone). "
+            "state: present resumes it; to bill the disk only, resume it (state: present) and stop it "
+            "(state: stopped); state: absent deletes it"))
+        return before
+    result["changed"] = found.state != STOPPED
+    if check or not result["changed"]:
+        inst, after = found, dict(before, state=STOPPED)
+    else:
+        inst = backend.stop_instance(found, p["wait_timeout"])
+        after = _summary(inst)
+    cost = _disk_cost(provider, inst, p["disk_size_gb"])
+    result["instance"] = inst.to_dict()
+    result["disk_monthly_cost"] = cost
+    verb = "would stop" if check and result["changed"] else ("stopped" if result["changed"] else "is stopped:")
+    result["msg"] = (f"{verb} {inst.id}; the {inst.disk_size_gb or p['disk_size_gb']} GB disk still costs "
+                     f"about ${cost:.2f}/month until state=absent")
+    return after
+
+
+def _absent(module, backend, found, result) -> dict:
+    p = module.params
+    if found is not None:
+        result["changed"] = True
+        if not module.check_mode:
+            backend.delete_instance(found, p["wait_timeout"])
+    if module.check_mode:
+        result["msg"] = f"would delete {found.id} and its disk" if found else "nothing to delete"
+        return {"state": "absent"}
+    extras = backend.delete_instance_extras(p["name"], p["wait_timeout"])
+    result["changed"] = result["changed"] or bool(extras)
+    result["deleted"] = ([{"kind": "instance", "id": found.id}] if found else []) + \
+        [{"kind": r.kind, "id": r.id} for r in extras]
+    names = ", ".join(f"{d['kind']} {d['id']}" for d in result["deleted"])
+    result["msg"] = f"deleted {names}" if names else "nothing to delete"
+    return {"state": "absent"}
+
+
+def _host_keys(module, backend, result) -> None:
+    """Read the running instance's SSH host keys through the API, for the playbook to pin."""
+    p = module.params
+    provider = p["provider"]
+    inst = Instance(**result["instance"])
+    result["host_keys"] = backend.host_keys(inst, p["host_keys_timeout"])
+    result["host_key_alias"] = host_key_alias(provider, inst.id)
+    if not result["host_keys"]:
+        where = {"gcp": "in its guest attributes (an image without the guest agent?)",
+                 "aws": "on its serial console (an image without cloud-init, the console not posted yet, "
+                        "or no ec2:GetConsoleOutput permission?)"}.get(provider, f"({provider} publishes none)")
+        module.warn(f"{inst.name} published no SSH host keys {where} within {p['host_keys_timeout']}s: "
+                    "the first SSH connection trusts the key it is shown")
+
+
 def ensure(module, backend) -> dict:
     """The module's logic; returns exit_json kwargs. Raises SdcloudError."""
     p = module.params
-    state, check = p["state"], module.check_mode
-    provider = p["provider"]
+    state = p["state"]
     result = {"changed": False, "instance": None, "attempts": []}
     found = backend.find_instance(p["name"])
     before = _summary(found)
-
     if state in ("present", "running"):
-        if found is None:
-            if not p["gpu"]:
-                raise SdcloudError(f"deployment {p['name']!r} has no instance and `gpu` is not set: set gpu to one "
-                                   f"of {', '.join(catalog.gpu_names(provider))}")
-            if not p["zones"] and provider == "gcp":
-                raise SdcloudError("no zones: set `zones`, e.g. [us-central1-a, us-central1-b]")
-            spec = _spec(p)
-            if spec.spot and not backend.spot_supported:
-                module.warn(f"{provider} has no spot capacity: creating an on-demand pod at the on-demand price "
-                            "(set spot: false to silence this)")
-                spec.spot = False
-            result["changed"] = True
-            if check:
-                plan = backend.plan_create(spec)
-                result["plan"] = plan
-                zones = ", ".join(plan.get("zones") or []) or "no zone offering it"
-                result["msg"] = (f"would create {plan.get('machine_type')} ({p['gpu']}, "
-                                 f"{'spot' if p['spot'] else 'on-demand'}) trying {zones}")
-                after = {"state": RUNNING, "machine_type": plan.get("machine_type"), "spot": p["spot"]}
-            else:
-                inst, attempts = backend.create_instance(spec, p["wait_timeout"])
-                result.update(instance=inst.to_dict(), attempts=[a.to_dict() for a in attempts])
-                traffic = (f" + ${inst.bandwidth_price_gb:g}/GB downloaded" if inst.bandwidth_price_gb is not None
-                           else "")
-                result["msg"] = (f"created {inst.machine_type} ({inst.gpu}, {'spot' if inst.spot else 'on-demand'}) "
-                                 f"in {inst.zone}, ~${inst.hourly_price}/h{traffic} ({catalog.price_note(provider)})")
-                after = _summary(inst)
-        elif _key_changed(module, backend, found, result) or found.state in (STOPPED, STOPPING, PENDING, SUSPENDED):
-            result["changed"] = result["changed"] or found.state != PENDING
-            if found.state == RUNNING:
-                result["instance"] = found.to_dict()
-                result["msg"] = f"{found.id} runs in {found.zone}; {result['key_msg']}"
-                after = before
-            elif check:
-                result["instance"] = found.to_dict()
-                verb = "resume" if found.state == SUSPENDED else "start"
-                result["msg"] = f"would {verb} {found.id} in {found.zone}" if result["changed"] else \
-                    f"{found.id} is starting"
-                after = dict(before, state=RUNNING)
-            else:
-                inst = backend.start_instance(found, p["wait_timeout"])
-                result["instance"] = inst.to_dict()
-                verb = "resumed" if found.state == SUSPENDED else "started"
-                result["msg"] = f"{verb} {inst.id} in {inst.zone}, ~${inst.hourly_price}/h"
-                after = _summary(inst)
-            if result.get("key_msg") and found.state != RUNNING:
-                result["msg"] += f"; {result['key_msg']}"
-        else:
-            result["instance"] = found.to_dict()
-            result["msg"] = f"{found.id} is {found.state} in {found.zone}"
-            after = before
-            if p["gpu"] and found.gpu and found.gpu != p["gpu"]:
-                module.warn(f"deployment {p['name']!r} runs {found.gpu} ({found.machine_type}), not {p['gpu']}: "
-                            "to change the GPU, run state=absent then state=present (the disk is deleted)")
-
+        after = _present(module, backend, found, result, before)
     elif state == STOPPED:
-        if found is None:
-            result["msg"] = f"deployment {p['name']!r} has no instance: nothing to stop"
-            after = before
-        elif found.state == SUSPENDED:  # not stopped: say what it still costs, change nothing
-            cost = _disk_cost(provider, found, p["disk_size_gb"])
-            result.update(instance=found.to_dict(), disk_monthly_cost=cost, msg=(
-                f"{found.id} is suspended, not stopped: its memory is kept in storage and billed besides the "
-                f"{found.disk_size_gb or p['disk_size_gb']} GB disk (about ${cost:.2f}/month for the disk alone). "
-                "state: present resumes it; to bill the disk only, resume it (state: present) and stop it "
-                "(state: stopped); state: absent deletes it"))
-            after = before
-        else:
-            result["changed"] = found.state != STOPPED
-            if check or not result["changed"]:
-                inst = found
-                after = dict(before, state=STOPPED)
-            else:
-                inst = backend.stop_instance(found, p["wait_timeout"])
-                after = _summary(inst)
-            cost = _disk_cost(provider, inst, p["disk_size_gb"])
-            result["instance"] = inst.to_dict()
-            result["disk_monthly_cost"] = cost
-            verb = "would stop" if check and result["changed"] else ("stopped" if result["changed"] else "is stopped:")
-            result["msg"] = (f"{verb} {inst.id}; the {inst.disk_size_gb or p['disk_size_gb']} GB disk still costs "
-                             f"about ${cost:.2f}/month until state=absent")
-
-    else:  # absent
-        after = {"state": "absent"}
-        if found is not None:
-            result["changed"] = True
-            if not check:
-                backend.delete_instance(found, p["wait_timeout"])
-        if check:
-            result["msg"] = f"would delete {found.id} and its disk" if found else "nothing to delete"
-        else:
-            extras = backend.delete_instance_extras(p["name"], p["wait_timeout"])
-            result["changed"] = result["changed"] or bool(extras)
-            result["deleted"] = ([{"kind": "instance", "id": found.id}] if found else []) + \
-                [{"kind": r.kind, "id": r.id} for r in extras]
-            names = ", ".join(f"{d['kind']} {d['id']}" for d in result["deleted"])
-            result["msg"] = f"deleted {names}" if names else "nothing to delete"
-
-    if p["host_keys_timeout"] > 0 and not check and state in ("present", "running") and result["instance"]:
-        inst = Instance(**result["instance"])
-        result["host_keys"] = backend.host_keys(inst, p["host_keys_timeout"])
-        result["host_key_alias"] = host_key_alias(provider, inst.id)
-        if not result["host_keys"]:
-            where = {"gcp": "in its guest attributes (an image without the guest agent?)",
-                     "aws": "on its serial console (an image without cloud-init, the console not posted yet, "
-                            "or no ec2:GetConsoleOutput permission?)"}.get(provider, f"({provider} publishes none)")
-            module.warn(f"{inst.name} published no SSH host keys {where} within {p['host_keys_timeout']}s: "
-                        "the first SSH connection trusts the key it is shown")
-
+        after = _stopped(module, backend, found, result, before)
+    else:
+        after = _absent(module, backend, found, result)
+    if p["host_keys_timeout"] > 0 and not module.check_mode and state in ("present", "running") and result["instance"]:
+        _host_keys(module, backend, result)
     if module._diff:
         result["diff"] = {"before": before, "after": after}
     return result
