@@ -105,3 +105,9 @@ def test_preflight_refuses_bad_shape_settings(tmp_path, extra, words):
 def test_preflight_accepts_the_defaults(tmp_path):
     rc, out = preflight(tmp_path)
     assert rc == 0, out[-3000:]
+
+
+def test_preflight_does_not_print_a_model_setting_that_is_not_a_list(tmp_path):
+    rc, out = preflight(tmp_path, sdcloud_models="https://u:pw-7d1@example.com/m.safetensors?token=tk-93a")
+    assert rc != 0 and "sdcloud_models is a str, not a list" in out, out[-3000:]
+    assert "pw-7d1" not in out and "tk-93a" not in out
