@@ -125,8 +125,9 @@ def free_port():
         return s.getsockname()[1]
 
 
-# the summary's tunnel line, forwarding the first UI's port (?:...: the groups stay 1 command, 2 options, 3 user, 4 host)
-TUNNEL_RE = re.compile(r"^\s*(ssh -i \S+ ((?:-o \S+ )*)-N -L [0-9]+:127\.0\.0\.1:[0-9]+ (?:-L \S+ )*(\S+)@(\S+))\s*$", re.M)
+# the summary's tunnel line, forwarding the first UI's port, with -p <port> for a host whose SSH is not on 22 (?:...: the
+# groups stay 1 command, 2 options, 3 user, 4 host)
+TUNNEL_RE = re.compile(r"^\s*(ssh -i \S+ (?:-p [0-9]+ )?((?:-o \S+ )*)-N -L [0-9]+:127\.0\.0\.1:[0-9]+ (?:-L \S+ )*(\S+)@(\S+))\s*$", re.M)
 
 
 def local_forward(command, port):

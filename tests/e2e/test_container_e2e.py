@@ -1,0 +1,172 @@
+"""End to end on a pod-like host through the `static` provider: a container without systemd, sudo or CAP_NET_ADMIN.
+
+The host is tests/e2e/podhost.py's stand-in of a RunPod / vast.ai pod (PID 1 a start script running sshd on a
+mapped port, Docker's default capabilities, root only, no sudo, /workspace bind-mounted from this computer) on the
+bridge SDCLOUD_NET=13, listed as a static host. provision.yml installs the REAL ComfyUI (../shared/upstream through
+the product's mirror setting, tests/e2e/upstream-vars.yml, as test_local_e2e.py does) with
+sdcloud_persistent_dir=/workspace, and then:
+- ComfyUI answers through the tunnel the summary prints (with `-p <port>`); app, venv and models are under
+  /workspace; nothing of systemd, the firewall or autostop was set up, and the summary says so once;
+- the re-run changes nothing;
+- status.yml reports ComfyUI from supervisord, "up since" supervisord's start;
+- the container restarts (a new PID 1) and the start hook line the summary printed brings ComfyUI back;
+- a crash (kill -9) is restarted by supervisord;
+- teardown.yml says the host keeps running and forgets its pinned host key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+NET = "13"
+NAME = "podtest"
+PORT = 2222  # the "mapped" SSH port
+GATEWAY = f"10.87.{NET}.1"
+sys.path.insert(0, str(ROOT / "tests" / "standins"))
+sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+
+import e2e_util  # noqa: E402
+from e2e_util import recap_changed, run_play  # noqa: E402
+from model_server import ModelServer  # noqa: E402
+from podhost import DOCKER_CAPEFF, PodHost  # noqa: E402
+
+pytestmark = [
+    pytest.mark.testhost,
+    pytest.mark.skipif(os.geteuid() != 0, reason="pod-like hosts need root (systemd-nspawn)"),
+]
+
+MODEL = os.urandom(64 * 1024)
+SUPERVISOR = "/workspace/sdcloud/supervisor"
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pod")
+    env = e2e_util.local_env(tmp, NET, NAME)
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", env["SDCLOUD_TEST_KEY"]], check=True)
+    host = PodHost(int(NET), NAME + "-pod", ssh_port=PORT)
+    host.destroy()  # one left by an interrupted run
+    server = ModelServer(host=GATEWAY).start()
+    try:
+        host.create(pathlib.Path(env["SDCLOUD_TEST_KEY"] + ".pub").read_text(), env["SDCLOUD_TEST_KEY"])
+        host.start()
+        server.add("/tiny.safetensors", data=MODEL)
+        inventory = tmp / "pod.sdcloud.yml"
+        inventory.write_text(json.dumps({"plugin": "sdcloud", "deployment": NAME, "providers": ["static"], "static_hosts": [
+            {"name": NAME, "address": host.address, "port": PORT, "user": "root", "ssh_private_key_file": env["SDCLOUD_TEST_KEY"]}]}))
+        settings = tmp / "pod-vars.json"
+        settings.write_text(json.dumps({
+            "sdcloud_provider": "static", "sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"], "sdcloud_persistent_dir": "/workspace",
+            "sdcloud_models_dir": "/workspace/models", "sdcloud_ui": ["comfyui"], "sdcloud_access": "tunnel",
+            "sdcloud_models": [{"name": "tiny.safetensors", "kind": "checkpoints", "sha256": hashlib.sha256(MODEL).hexdigest(),
+                                "source": f"http://{GATEWAY}:{server.port}/tiny.safetensors"}]}))
+        # the project's inventory for its group_vars (listing no machine: providers from the env), ours for the host
+        env.update(SDCLOUD_INVENTORY_PROVIDERS="static", SDCLOUD_KNOWN_HOSTS=str(tmp / "known_hosts"))
+        env["SDCLOUD_TEST_ARGS"] = json.dumps(["-i", str(ROOT / "inventory/sdcloud.yml"), "-i", str(inventory), "-e", "@" + str(settings)])
+        yield host, env
+    finally:
+        server.stop()
+        host.destroy()
+        subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=env, capture_output=True, check=False)
+
+
+def play(env, name, *extra, check=True):
+    return run_play(env, name, *json.loads(env["SDCLOUD_TEST_ARGS"]), *extra, check=check, vars_file="upstream-vars.yml")
+
+
+def ssh(env, host, command, check=True):
+    res = subprocess.run(["ssh", "-i", env["SDCLOUD_TEST_KEY"], "-p", str(PORT), "-o", "StrictHostKeyChecking=no",
+                          "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "root@" + host.address, command],
+                         capture_output=True, text=True, check=False, timeout=60)
+    if check and res.returncode != 0:
+        pytest.fail(f"{command} failed ({res.returncode}): {res.stdout[-2000:]} {res.stderr[-2000:]}")
+    return res.stdout.strip()
+
+
+def wait_comfyui(env, host, old_pid=None, timeout=120):
+    """ComfyUI's PID (supervisord's) once /system_stats answers, from a process other than old_pid."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid = ssh(env, host, f"{SUPERVISOR}/venv/bin/supervisorctl -c {SUPERVISOR}/supervisord.conf pid comfyui", check=False)
+        up = ssh(env, host, "curl -fsS --max-time 5 http://127.0.0.1:8188/system_stats >/dev/null && echo up", check=False)
+        if pid.isdigit() and pid not in ("0", old_pid) and up == "up":
+            return pid
+        if time.monotonic() > deadline:
+            log = ssh(env, host, "tail -n 30 /workspace/comfyui/logs/comfyui.log /var/log/onstart.log", check=False)
+            pytest.fail(f"ComfyUI did not come back within {timeout}s (pid {pid!r}, was {old_pid!r}):\n{log}")
+        time.sleep(1)
+
+
+def test_pod_lifecycle(pod):
+    host, env = pod
+    # the stand-in is what it claims: no systemd as init, Docker's capabilities, no sudo
+    assert ssh(env, host, "cat /proc/1/comm; grep CapEff /proc/1/status; command -v sudo || echo no-sudo; "
+                          "test -d /run/systemd/system || echo no-systemd").split() == [
+        "start.sh", "CapEff:", "%016x" % DOCKER_CAPEFF, "no-sudo", "no-systemd"]
+
+    # 1. provision through the static provider: ComfyUI answers through the printed tunnel, with -p
+    _, out = play(env, "provision.yml")
+    m, stats = e2e_util.through_tunnel(out)
+    assert m.group(1).startswith(f"ssh -i {env['SDCLOUD_TEST_KEY']} -p {PORT} -o ") and m.group(4) == host.address, m.group(1)
+    assert stats["system"]["comfyui_version"] == "0.3.64" and "--cpu" in stats["system"]["argv"]
+    # said once: what was not set up, and how the services come back after a restart
+    start_hook = f"{SUPERVISOR}/venv/bin/supervisord -c {SUPERVISOR}/supervisord.conf"
+    assert out.count("Not set up on this host: the host firewall (no CAP_NET_ADMIN") == 1, out[-4000:]
+    assert "time sync and unattended upgrades" in out and "the NVIDIA driver install" in out
+    assert re.search(r"start hook .* must run:\n\s+" + re.escape(start_hook) + "\n", out), out[-4000:]
+    assert "Autostop: off on this host" in out and "Autostop: powers off" not in out
+    assert "sdcloud does not stop or delete a static host: it keeps running" in out
+
+    # app, venv and models on the persistent volume; nothing of systemd, nftables or autostop installed
+    workspace = host.workspace
+    assert (workspace / "comfyui/app/main.py").is_file() and (workspace / "comfyui/venv/bin/python").exists()
+    assert (workspace / "models/checkpoints/tiny.safetensors").read_bytes() == MODEL
+    assert ssh(env, host, "ls /etc/systemd/system/comfyui.service /etc/nftables.conf /usr/local/bin/sdcloud-autostop "
+                          "2>/dev/null | wc -l") == "0"
+    assert "RUNNING" in ssh(env, host, f"{SUPERVISOR}/venv/bin/supervisorctl -c {SUPERVISOR}/supervisord.conf status comfyui")
+    assert ssh(env, host, "stat -c %U /proc/$(" + f"{SUPERVISOR}/venv/bin/supervisorctl -c {SUPERVISOR}/supervisord.conf pid comfyui)") \
+        == "comfyui"
+
+    # 2. converged: 0 changed
+    _, again = play(env, "provision.yml")
+    assert recap_changed(again).get(NAME) == 0, again[-4000:]
+
+    # 3. status: the services from supervisord, "up since" supervisord's start
+    _, status = play(env, "status.yml")
+    assert re.search(r"comfyui: RUNNING \(supervisord\)", status), status[-3000:]
+    started = ssh(env, host, "ps -o lstart= -p $(cat /run/sdcloud-supervisord.pid)")
+    assert f"up since {started} (supervisord's start" in status, status[-3000:]
+
+    # 4. the container restarts (a new PID 1, /run emptied); the start hook the summary printed brings ComfyUI back
+    host.set_onstart(start_hook)
+    old_pid = ssh(env, host, f"{SUPERVISOR}/venv/bin/supervisorctl -c {SUPERVISOR}/supervisord.conf pid comfyui")
+    host.stop()
+    host.start()
+    pid = wait_comfyui(env, host)
+    assert pid != old_pid
+
+    # 5. a crash is restarted by supervisord
+    ssh(env, host, f"kill -9 {pid}")
+    wait_comfyui(env, host, old_pid=pid)
+
+    # 6. teardown: the host keeps running (and billing), its pinned host key is forgotten
+    def pinned():  # the entries are hashed (HashKnownHosts): ask ssh-keygen
+        return subprocess.run(["ssh-keygen", "-F", f"sdcloud-static-{NAME}", "-f", env["SDCLOUD_KNOWN_HOSTS"]],
+                              capture_output=True, text=True, check=False).stdout.strip()
+
+    assert pinned()
+    _, down = play(env, "teardown.yml")
+    assert f"{NAME} is a static host: sdcloud does not delete it; it keeps running (and billing, if rented)" in " ".join(
+        down.split()), down[-3000:]
+    assert not pinned()
+    assert host.running()
