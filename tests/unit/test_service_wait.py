@@ -137,7 +137,8 @@ class FakeSystemd:
         self._script(bindir / "systemctl", f"""
             echo "$*" >> {d}/systemctl.calls
             n=$(cat {d}/nrestarts)
-            echo $((n + $(cat {d}/step))) > {d}/nrestarts
+            s=$(cat {d}/step)
+            [ "$s" = 0 ] || echo $((n + s)) > {d}/nrestarts  # no write-back when the test sets it itself
             echo "LoadState=$(cat {d}/load)"
             echo "ActiveState=$(cat {d}/active)"
             echo "SubState=$(cat {d}/sub)"
@@ -273,10 +274,19 @@ def test_one_exit_is_counted_once(tmp_path, monkeypatch):
     the same exit, not a second one (seen on a real host: a single exit was reported as a crash loop)."""
     fake = FakeSystemd(tmp_path, monkeypatch, active="activating", sub="auto-restart", result="exit-code", status="2")
 
+    calls = fake.dir / "systemctl.calls"
+
+    def seen(n):  # the module has looked at the unit n times (not a guess by wall clock: a loaded machine is slow)
+        deadline = time.monotonic() + LONG
+        while time.monotonic() < deadline:
+            if calls.exists() and len(calls.read_text().splitlines()) >= n:
+                return
+            time.sleep(0.05)
+
     def restart_once():
-        time.sleep(0.6)
+        seen(1)  # it saw the exit
         fake.set("nrestarts", 1)  # restart scheduled, still auto-restart
-        time.sleep(0.6)
+        seen(len(calls.read_text().splitlines()) + 1)  # it saw the scheduled restart
         fake.set("sub", "running")  # started again, and it comes up
         fake.set("active", "active")
 
