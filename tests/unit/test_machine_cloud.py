@@ -74,11 +74,14 @@ def cloud(request, tmp_path, monkeypatch):
                                 zones=json.dumps(ZONES[provider]), recorded=tmp_path / "recorded.json",
                                 cidrs=json.dumps(CIDRS[provider]), world=json.dumps(provider == "gcp")))
 
-    def run(state):
+    def run(state, *extra, ok=True):
         res = subprocess.run(["ansible-playbook", "-i", "localhost,", "-e", "ansible_python_interpreter=" + sys.executable,
-                              "-e", "state=" + state, str(play)], cwd=ROOT, env=env, capture_output=True, text=True,
-                             timeout=300, check=False)
+                              "-e", "state=" + state, *extra, str(play)], cwd=ROOT, env=env, capture_output=True,
+                             text=True, timeout=300, check=False)
         out = res.stdout + res.stderr
+        if not ok:
+            assert res.returncode != 0, out[-4000:]
+            return out, None, None
         assert res.returncode == 0, out[-4000:]
         recorded = json.loads((tmp_path / "recorded.json").read_text())
         changed = int(re.search(r"^localhost\s+: ok=\d+\s+changed=(\d+)", out, re.M).group(1))
@@ -112,3 +115,16 @@ def test_one_task_file_for_both_clouds(cloud):
 
     out, recorded, _ = run("absent")
     assert recorded["instance"] is None and recorded["remaining"] == [], out[-3000:]
+
+
+@pytest.mark.parametrize("cloud", ["gcp"], indirect=True)
+def test_a_missing_image_is_refused_before_the_firewall_rule(cloud):
+    """GCP makes its firewall rule before the instance: an image family that does not exist was found only by the
+    create, after the rule existed. The read-only plan asks first."""
+    _, run = cloud
+    out, _, _ = run("running", "-e", "machine_image=projects/sdcloud-roletest/global/images/family/no-such-family",
+                    ok=False)
+    assert "image family 'no-such-family' not found in project 'sdcloud-roletest'" in out, out[-3000:]
+    ran = tasks(out)
+    assert "Check the image and the zones before anything is created" in ran, ran
+    assert not any(t.startswith("Allow SSH (and machine_open_ports)") for t in ran), ran
