@@ -111,3 +111,35 @@ def test_preflight_does_not_print_a_model_setting_that_is_not_a_list(tmp_path):
     rc, out = preflight(tmp_path, sdcloud_models="https://u:pw-7d1@example.com/m.safetensors?token=tk-93a")
     assert rc != 0 and "sdcloud_models is a str, not a list" in out, out[-3000:]
     assert "pw-7d1" not in out and "tk-93a" not in out
+
+
+STATIC_PROBE = """
+- name: Compute the shape on each static host
+  hosts: sdcloud_machines
+  gather_facts: false
+  vars_files:
+    - @ROOT@/playbooks/vars/shape.yml
+  tasks:
+    - name: Write it (here, no connection to the host)
+      ansible.builtin.copy:
+        dest: "@OUT@.{{ inventory_hostname }}"
+        mode: "0600"
+        content: "{{ {'gpu_present': sdcloud_gpu_present} | to_json }}"
+      delegate_to: localhost
+"""
+
+
+def test_a_static_host_listed_with_a_gpu_gets_the_gpu_build(tmp_path):
+    out = tmp_path / "static"
+    play = tmp_path / "static-probe.yml"
+    play.write_text(STATIC_PROBE.replace("@ROOT@", str(ROOT)).replace("@OUT@", str(out)))
+    inventory = tmp_path / "hosts.sdcloud.yml"
+    inventory.write_text(json.dumps({"plugin": "sdcloud", "providers": ["static"], "static_hosts": [
+        {"name": "gpubox", "address": "192.0.2.10", "gpu": "nvidia-rtx-4090"}, {"name": "cpubox", "address": "192.0.2.11"}]}))
+    # the project's inventory for its group_vars, ours for the hosts
+    args = [PLAYBOOK, "-i", str(ROOT / "inventory/sdcloud.yml"), "-i", str(inventory), str(play),
+            "-e", json.dumps({"sdcloud_provider": "static"})]
+    r = subprocess.run(args, check=False, cwd=ROOT, env=_env(tmp_path), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert json.loads(pathlib.Path(f"{out}.gpubox").read_text()) == {"gpu_present": True}
+    assert json.loads(pathlib.Path(f"{out}.cpubox").read_text()) == {"gpu_present": False}
