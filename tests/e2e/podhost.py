@@ -32,9 +32,10 @@ import sys
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "plugins" / "module_utils"))
+# by its package path: a bare `sdcloud` is the inventory plugin once another test has put plugins/inventory first
+sys.path.insert(0, str(ROOT))
 
-from sdcloud import nspawn  # noqa: E402
+from plugins.module_utils.sdcloud import nspawn  # noqa: E402
 
 # Docker's default capabilities (see the module docstring) and the value of CapEff they make
 DOCKER_CAPS = ("CAP_AUDIT_WRITE", "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FOWNER", "CAP_FSETID", "CAP_KILL", "CAP_MKNOD",
