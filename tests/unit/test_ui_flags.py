@@ -9,6 +9,7 @@ import pathlib
 import shlex
 
 import jinja2
+import jinja2.nativetypes
 import pytest
 import yaml
 
@@ -21,6 +22,21 @@ def upstream_flags(name):
     return {line.strip() for line in lines if line.strip().startswith("--")}
 
 
+def jinja_env(native=False):
+    """Jinja with the project's own filters (roles' vars use them, e.g. sdcloud_model_kinds); `native` keeps a
+    list a list, as Ansible's templating does for a variable (e.g. __comfyui_command)."""
+    import importlib.util
+
+    cls = jinja2.nativetypes.NativeEnvironment if native else jinja2.Environment
+    env = cls(undefined=jinja2.StrictUndefined)
+    for path in sorted((ROOT / "plugins" / "filter").glob("*.py")):
+        spec = importlib.util.spec_from_file_location("sdcloud_filter_" + path.stem, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        env.filters.update(module.FilterModule().filters())
+    return env
+
+
 def role_vars(role, **overrides):
     """The role's defaults + vars/main.yml, templated values resolved, overrides applied."""
     context = {}
@@ -29,7 +45,7 @@ def role_vars(role, **overrides):
         if path.exists():
             context.update(yaml.safe_load(path.read_text()) or {})
     context.update(overrides)
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined)
+    env = jinja_env(native=True)
     for _ in range(3):  # defaults may refer to other defaults
         for key, value in list(context.items()):
             if isinstance(value, str) and "{{" in value:
@@ -40,7 +56,7 @@ def role_vars(role, **overrides):
 
 def exec_start(role, unit, **overrides):
     text = (ROOT / "roles" / role / "templates" / unit).read_text()
-    rendered = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(text).render(role_vars(role, **overrides))
+    rendered = jinja_env().from_string(text).render(role_vars(role, **overrides))
     lines = [line for line in rendered.splitlines() if line.startswith("ExecStart=")]
     assert len(lines) == 1, rendered
     return shlex.split(lines[0][len("ExecStart="):])
