@@ -143,7 +143,7 @@ def through_tunnel(out):
     ({"sdcloud_ui": ["comfy"]}, "sdcloud_ui is ['comfy']: list one or more of comfyui, a1111"),
     ({"sdcloud_autostop_idle_minutes": -5}, "sdcloud_autostop_idle_minutes is -5: give a whole number of minutes"),
     ({"sdcloud_autostop_idle_minutes": "soon"}, "sdcloud_autostop_idle_minutes is \"soon\": give a whole number"),
-    ({"sdcloud_models": "tiny.safetensors"}, "sdcloud_models is tiny.safetensors: give a list"),
+    ({"sdcloud_models": "tiny.safetensors"}, "sdcloud_models is a str, not a list"),
     ({"sdcloud_models": ["tiny.safetensors"]}, "the model list must be a list of {name, kind, source, sha256} mappings"),
     ({"sdcloud_models_manifest": "/nonexistent/models.yml"}, "sdcloud_models_manifest \"/nonexistent/models.yml\" is not a file"),
     ({"sdcloud_models_manifest": "/etc/hostname"}, "sdcloud_models_manifest \"/etc/hostname\" is not a YAML list of models"),
