@@ -299,7 +299,7 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
 
     # 7. a node that cannot import is named with its error, from ComfyUI's log: OpenCV's libGL gone, the role's
     # per-node table emptied (as for a node whose needs it does not know), ComfyUI restarted by hand
-    ssh(env, ip, "apt-get remove -y -q libgl1 >/dev/null && systemctl restart comfyui")
+    ssh(env, ip, "apt-get -o DPkg::Lock::Timeout=300 remove -y -q libgl1 >/dev/null && systemctl restart comfyui")
     rc, out = play(env, "provision.yml", "-e", json.dumps({"__comfyui_node_system_packages": {}}), check=False)
     assert rc != 0
     assert "comfyui_controlnet_aux: libGL.so.1: cannot open shared object file" in out, out[-3000:]
