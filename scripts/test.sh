@@ -82,8 +82,15 @@ ansible_doc_all() {  # every plugin's DOCUMENTATION must render (a YAML slip the
   return $rc
 }
 
+# The pytest stage runs on SDCLOUD_TEST_WORKERS processes (pytest-xdist), a whole file on one worker: a file's
+# module fixtures (its bridge, its test hosts, its stand-ins) stay in one process, and each end-to-end file has a
+# bridge of its own. The end-to-end files mostly wait (test hosts booting, packages, a UI starting), so two
+# workers take ~1/3 off the stage on 2 cores. The slowest tests are listed at the end, for the next one to cut.
 run_pytest() {  # pytest args (wide: the summary lines keep their messages)
-  COLUMNS=200 python -m pytest -p no:cacheprovider -ra "$@"
+  local workers=${SDCLOUD_TEST_WORKERS:-2}
+  local par=()
+  [ "$workers" -gt 1 ] && par=(-n "$workers" --dist loadfile)
+  COLUMNS=200 python -m pytest -p no:cacheprovider -ra --durations=25 "${par[@]}" "$@"
 }
 
 for stage in "${stages[@]}"; do
@@ -103,7 +110,8 @@ for stage in "${stages[@]}"; do
       ;;
     unit) run_stage "pytest unit" cat run_pytest tests/unit ;;
     e2e) run_stage "pytest e2e" cat run_pytest tests/e2e ;;
-    pytest) run_stage "pytest unit+e2e" cat run_pytest tests/unit tests/e2e ;;
+    # the end-to-end files first: the longest start at once, the short unit files fill the workers' gaps
+    pytest) run_stage "pytest unit+e2e" cat run_pytest tests/e2e tests/unit ;;
     *) echo "unknown stage $stage (lint, molecule, unit, e2e, pytest)" >&2; exit 2 ;;
   esac
 done

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import os
 import pathlib
@@ -37,10 +38,26 @@ def _play_cmd(name, args, vars_file):
     return ["ansible-playbook", str(ROOT / "playbooks" / name), "-e", "@" + str(ROOT / "tests/e2e" / vars_file), *args]
 
 
+def failed_tasks(out: str, width: int = 1500) -> str:
+    """The tasks that failed in a play's output, each as its TASK line and its fatal/failed result (cut to
+    `width`), then the recap: what a failure report must show first (CI prints a failure's beginning and end
+    only, and a play's tail is mostly the tasks that ran fine before or the teardown after)."""
+    lines, found, task = out.splitlines(), [], ""
+    for i, line in enumerate(lines):
+        if line.startswith(("TASK [", "RUNNING HANDLER [")):
+            task = line
+        elif re.match(r"^(fatal|failed): \[", line) or (not task and line.startswith("[ERROR]")):
+            block = [line] + list(itertools.takewhile(lambda x: x.strip() and not x.startswith(("TASK [", "PLAY")),
+                                                      lines[i + 1:i + 40]))
+            found.append(task + "\n" + "\n".join(block)[:width])
+    recap = out[out.rfind("PLAY RECAP"):] if "PLAY RECAP" in out else ""
+    return "\n".join(found + [recap.strip()]).strip()
+
+
 def _played(name, args, rc, took, out, *, label, check, tail):
     print(f"--- {label}{name} {' '.join(a for a in args if not a.startswith('{'))}: rc={rc} in {took:.1f}s")
     if check and rc != 0:
-        pytest.fail(f"{name} failed (rc={rc}):\n{out[-tail:]}")
+        pytest.fail(f"{name} failed (rc={rc}):\n{failed_tasks(out)}\n--- the output's tail:\n{out[-tail:]}")
 
 
 def machines(env):
