@@ -11,33 +11,38 @@ from __future__ import annotations
 import pathlib
 import sys
 import threading
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "unit"))
 
-from test_service_wait import EARLY, LONG, Server, refusing_port, run  # noqa: E402
+from test_service_wait import EARLY, LONG, Server, count_lines, refusing_port, run, wait_until, write_atomically  # noqa: E402
 
 LOG = ["Python version: 3.11.2", "Traceback (most recent call last):", "ModuleNotFoundError: No module named 'torch'"]
 
 
 class FakeSupervisorctl:
     """TEST STAND-IN of supervisorctl: prints the line in `state`, exits 0 for RUNNING and 3 otherwise (supervisorctl
-    4's status exit codes; 4 when the program is unknown, 7 when supervisord does not answer)."""
+    4's status exit codes; 4 when the program is unknown, 7 when supervisord does not answer); each call is counted
+    in `calls`, so a test changes the state after the module has seen it, not after a guessed time."""
 
     def __init__(self, tmp_path, line):
         self.state = tmp_path / "state"
+        self.calls = tmp_path / "calls"
         self.set(line)
         self.path = tmp_path / "supervisorctl"
-        self.path.write_text('#!/bin/sh\nline="$(cat %s)"\necho "$line"\n'
+        self.path.write_text('#!/bin/sh\nline="$(cat %s)"\necho "$line"\necho "$line" >> %s\n'
                              'case "$line" in *RUNNING*) exit 0;; *"no such process"*) exit 4;; unix:*) exit 7;; esac\nexit 3\n'
-                             % self.state)
+                             % (self.state, self.calls))
         self.path.chmod(0o755)
         self.log = tmp_path / "comfyui.log"
         self.log.write_text("an earlier start\n")
 
     def set(self, line):
-        self.state.write_text(line + "\n")
+        write_atomically(self.state, line + "\n")
+
+    def seen(self, n):
+        """Wait until the module has asked n times."""
+        wait_until(lambda: count_lines(self.calls) >= n)
 
     def args(self, url, **extra):
         return dict({"url": url, "program": "comfyui", "supervisorctl": [str(self.path), "-c", "/etc/s.conf"],
@@ -71,11 +76,11 @@ def test_crash_loop_counts_backoff_and_new_pids(tmp_path):
     fake = FakeSupervisorctl(tmp_path, "comfyui                          RUNNING   pid 100, uptime 0:00:01")
 
     def crash():
-        time.sleep(0.5)
+        fake.seen(1)  # it saw pid 100
         with fake.log.open("a") as f:
             f.write("\n".join(LOG) + "\n")
         fake.set("comfyui                          BACKOFF   Exited too quickly (process log may have details)")
-        time.sleep(0.5)
+        fake.seen(count_lines(fake.calls) + 1)  # it saw the backoff
         fake.set("comfyui                          RUNNING   pid 101, uptime 0:00:00")
 
     flipper = threading.Thread(target=crash, daemon=True)
@@ -95,11 +100,12 @@ def test_one_restart_that_comes_up_is_waited_for(tmp_path):
     fake = FakeSupervisorctl(tmp_path, "comfyui                          BACKOFF   Exited too quickly (process log may have details)")
 
     def recover():
-        time.sleep(0.5)
+        fake.seen(1)  # it saw the backoff
         fake.set("comfyui                          RUNNING   pid 7, uptime 0:00:00")
 
     flipper = threading.Thread(target=recover, daemon=True)
-    with Server([(200, {"ok": True})], listen_after=1.5) as srv:
+    # it answers once the module has seen it RUNNING again
+    with Server([(200, {"ok": True})], listen_when=lambda: fake.calls.exists() and "RUNNING" in fake.calls.read_text()) as srv:
         flipper.start()
         failed, res, _ = run(fake.args(srv.url))
     flipper.join()
