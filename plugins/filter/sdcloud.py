@@ -13,12 +13,17 @@ _MU = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 
 if _MU not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(_MU)
 
-from ansible.module_utils.sdcloud import catalog  # noqa: E402
+from ansible.module_utils.sdcloud import catalog, runpod, vastai  # noqa: E402
 from ansible.module_utils.sdcloud.base import SdcloudError  # noqa: E402
 
 _GCP_ZONE = re.compile(r"[a-z]+-[a-z]+\d+-[a-z]")
 _AWS_REGION = re.compile(r"[a-z]{2}(?:-[a-z]+)+-\d+")
 _AWS_AZ = re.compile(r"(?P<region>[a-z]{2}(?:-[a-z]+)+-\d+)(?:[a-z]|-[a-z]+-\d+[a-z])")
+_RUNPOD_DC = re.compile(r"[A-Z]{2}-[A-Z0-9]+-\d+")  # RunPod data center ids: US-KS-2, EU-RO-1, CA-MTL-1
+_COUNTRY = re.compile(r"[A-Za-z]{2}")  # vast.ai: the host's country code (its geolocation's last part)
+# The pod providers' backends: they own their API key variables, endpoints and how a pod stops itself
+_POD_BACKENDS = {runpod.PROVIDER: runpod, vastai.PROVIDER: vastai}
+_API_KEY_VARS = {name: backend.ENV_KEY for name, backend in _POD_BACKENDS.items()}
 
 
 def sdcloud_invalid_cidrs(values):
@@ -156,14 +161,36 @@ def sdcloud_gpu_offer(gpu, provider):
 
 
 def sdcloud_bad_zones(zones, provider):
-    """The items of `zones` that are not a zone (GCP: us-central1-a) or a region/availability zone
-    (AWS: us-east-1, us-east-1b) of `provider`."""
+    """The items of `zones` that are not a zone (GCP: us-central1-a), a region/availability zone (AWS: us-east-1,
+    us-east-1b), a data center id (RunPod: US-KS-2) or a country code (vast.ai: US) of `provider`; `any` lets a pod
+    provider place it anywhere."""
     def ok(z):
         if provider == "gcp":
             return bool(_GCP_ZONE.fullmatch(z))
+        if provider in _API_KEY_VARS and z.lower() == "any":
+            return True
+        if provider == runpod.PROVIDER:
+            return bool(_RUNPOD_DC.fullmatch(z))
+        if provider == vastai.PROVIDER:
+            return bool(_COUNTRY.fullmatch(z))
         return bool(_AWS_REGION.fullmatch(z) or _AWS_AZ.fullmatch(z))
 
     return [z for z in map(str, zones or []) if not ok(z)]
+
+
+def sdcloud_api_key_var(provider):
+    """The environment variable that holds `provider`'s API key (RunPod, vast.ai), or "" for any other."""
+    return _API_KEY_VARS.get(provider, "")
+
+
+def sdcloud_pod_self_stop(provider):
+    """How a pod of `provider` stops itself through its provider's API (the autostop config's stop_request): the
+    request (method, path with {id}, body), the pod environment's key and id variables, and the endpoint - this
+    computer's override of it (SDCLOUD_RUNPOD_ENDPOINT / SDCLOUD_VAST_ENDPOINT), else the provider's API."""
+    backend = _POD_BACKENDS.get(provider)
+    if backend is None:
+        raise AnsibleFilterError("sdcloud_pod_self_stop: %r is not a pod provider (%s)" % (provider, ", ".join(_POD_BACKENDS)))
+    return dict(backend.SELF_STOP, endpoint=os.environ.get(backend.ENV_ENDPOINT) or backend.API_URL)
 
 
 def sdcloud_aws_regions(zones):
@@ -245,6 +272,8 @@ class FilterModule:
             "sdcloud_gpu_offer": sdcloud_gpu_offer,
             "sdcloud_bad_zones": sdcloud_bad_zones,
             "sdcloud_aws_regions": sdcloud_aws_regions,
+            "sdcloud_api_key_var": sdcloud_api_key_var,
+            "sdcloud_pod_self_stop": sdcloud_pod_self_stop,
             "sdcloud_pip_lock": sdcloud_pip_lock,
             "sdcloud_git_mirror": sdcloud_git_mirror,
             "sdcloud_git_mirror_items": sdcloud_git_mirror_items,

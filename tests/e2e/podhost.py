@@ -11,7 +11,12 @@ Not a real pod: a systemd-nspawn container of the test hosts' Debian 12 tree, sh
   other capability nspawn grants (CAP_NET_ADMIN and CAP_SYS_ADMIN among them) is dropped;
 - /workspace bind-mounted from this computer (the persistent volume); the rest of the tree is the container disk;
 - the start command (RunPod's "docker start command" / vast.ai's onstart) is a file on this computer
-  (`<dir>/onstart.sh`) that the start script runs after sshd, as a pod runs the one its template names.
+  (`<dir>/onstart.sh`) that the start script runs after sshd, as a pod runs the one its template names;
+- or PID 1 is another command (set_command: a RunPod pod's `args` replace the image's CMD, as `docker run IMAGE
+  CMD` does), which hands over to /start.sh itself; the environment a pod is created with (`env`) is PID 1's,
+  and /start.sh adds PUBLIC_KEY to root's authorized_keys, as RunPod's images' start script does
+  (runpod/containers, container-template/start.sh: `echo "$PUBLIC_KEY" >> authorized_keys`);
+- the SSH port can change from one start to the next (a provider maps a new port at every start).
 
 The network is set up from outside, as Docker does: the container cannot (no CAP_NET_ADMIN), so this computer
 gives host0 its address with `nsenter -n`. Built on nspawn.py's public pieces (Network: bridge, proxy,
@@ -25,6 +30,7 @@ import contextlib
 import json
 import os
 import pathlib
+import shlex
 import shutil
 import signal
 import subprocess
@@ -48,10 +54,13 @@ NSPAWN_EXTRA_CAPS = ("CAP_AUDIT_CONTROL", "CAP_DAC_READ_SEARCH", "CAP_IPC_OWNER"
                      "CAP_SYS_PTRACE", "CAP_SYS_RESOURCE", "CAP_SYS_TTY_CONFIG")
 
 START_SCRIPT = """#!/bin/bash
-# TEST STAND-IN of a pod's start script (tests/e2e/podhost.py): sshd on the mapped port, then the pod's start
-# command, then wait (and reap) forever as PID 1.
+# TEST STAND-IN of a pod's start script (tests/e2e/podhost.py): the operator's key from PUBLIC_KEY, sshd on the
+# mapped port, then the pod's start command, then wait (and reap) forever as PID 1.
+if [ -n "${{PUBLIC_KEY:-}}" ] && ! grep -qxF "$PUBLIC_KEY" /root/.ssh/authorized_keys 2>/dev/null; then
+  mkdir -p /root/.ssh && echo "$PUBLIC_KEY" >> /root/.ssh/authorized_keys && chmod 700 /root/.ssh
+fi
 mkdir -p /run/sshd
-/usr/sbin/sshd -p {port} -E /var/log/sshd.log
+/usr/sbin/sshd -p "$(cat /etc/podhost/ssh_port 2>/dev/null || echo {port})" -E /var/log/sshd.log
 if [ -s /etc/podhost/onstart.sh ]; then
   bash /etc/podhost/onstart.sh >>/var/log/onstart.log 2>&1 &
 fi
@@ -77,6 +86,8 @@ class PodHost:
         self.workspace = self.dir / "workspace"
         self.hook_dir = self.dir / "podhost"  # bind-mounted read-only at /etc/podhost
         self.pidfile = self.dir / "podhost.pid"
+        self.command = []  # PID 1's command line; [] = /start.sh
+        self.env = {}
 
     @property
     def address(self):
@@ -104,6 +115,12 @@ class PodHost:
     def set_onstart(self, command):
         """The pod's start command (RunPod's docker start command, vast.ai's onstart), run at every start."""
         (self.hook_dir / "onstart.sh").write_text(command.rstrip() + "\n")
+
+    def set_command(self, command, env=None):
+        """PID 1's command line at the next start ("" = /start.sh), split as Docker splits a CMD string given
+        to `docker run`; env: PID 1's environment (a pod's `env`)."""
+        self.command = shlex.split(command or "")
+        self.env = dict(env or {})
 
     # -- mounts and processes --------------------------------------------------
     def _mount(self):
@@ -139,10 +156,14 @@ class PodHost:
                     return int(child)
         return None
 
-    def start(self, timeout=30):
-        """Start the container (PID 1: /start.sh), give host0 its address from outside, wait for sshd's banner."""
+    def start(self, timeout=30, ssh_port=None):
+        """Start the container (PID 1: /start.sh, or set_command's), give host0 its address from outside, wait for
+        sshd's banner (on ssh_port, when given: the port a provider mapped for this start)."""
         if self.running():
             return False
+        if ssh_port:
+            self.ssh_port = int(ssh_port)
+        (self.hook_dir / "ssh_port").write_text("%d\n" % self.ssh_port)
         net, meta = self.network, self.machine.meta
         net.up()
         self._mount()
@@ -154,7 +175,8 @@ class PodHost:
                 "--bind=%s:/tmp" % tmp, "--bind=%s:%s" % (cache, cache), "--bind=%s:/workspace" % self.workspace,
                 "--bind-ro=%s:/etc/podhost" % self.hook_dir, "--network-bridge=" + net.bridge, "--resolv-conf=off",
                 "--timezone=off", "--link-journal=no", "--uuid=" + meta["uuid"], "--console=pipe",
-                "--hostname=" + self.name, "--drop-capability=" + ",".join(NSPAWN_EXTRA_CAPS), "/start.sh"]
+                "--hostname=" + self.name, "--drop-capability=" + ",".join(NSPAWN_EXTRA_CAPS),
+                *("--setenv=%s=%s" % kv for kv in self.env.items()), *(self.command or ["/start.sh"])]
         log = open(self.dir / "console.log", "ab")  # noqa: SIM115 - handed to the container
         proc = subprocess.Popen(argv, stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
         self.pidfile.write_text("%d %d\n" % (proc.pid, nspawn._proc_start(proc.pid)))

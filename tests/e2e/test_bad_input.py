@@ -21,8 +21,10 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NET = "1"
 NAME = "badinput"
 sys.path.insert(0, str(pathlib.Path(__file__).parent))
+sys.path.insert(0, str(ROOT / "tests" / "standins"))
 
 import e2e_util  # noqa: E402
+from runpod_server import RunpodStandin  # noqa: E402
 
 pytestmark = [
     pytest.mark.testhost,
@@ -130,3 +132,22 @@ def test_a_first_provision_that_fails_leaves_the_firewall_up(env):
     finally:
         e2e_util.run_play(env, "teardown.yml", "-e", json.dumps(xv), check=False)
     assert machines(env) == []
+
+
+@pytest.mark.parametrize(("extra", "key", "needle"), [
+    ({}, None, "sdcloud_provider runpod needs an API key in RUNPOD_API_KEY, which is not set: export RUNPOD_API_KEY="),
+    ({"sdcloud_ui": ["comfyui", "a1111"]}, "k", "sdcloud_provider runpod rents a container without systemd"),
+    ({"sdcloud_access": "public"}, "k", "but not yet AUTOMATIC1111 or the public-access proxy (nginx)"),
+    ({"sdcloud_zones": ["us-east-1"]}, "k", "data centers to try in order, e.g. [US-KS-2, EU-RO-1], or [] for anywhere"),
+    ({"sdcloud_gpu": "nvidia-t4"}, "k", "sdcloud_gpu is 'nvidia-t4': on runpod use one of"),
+], ids=["no-api-key", "a1111", "public", "zone", "gpu"])
+def test_pod_settings_are_refused_before_a_pod_exists(env, extra, key, needle):
+    """A pod is rented only once its settings pass: against the RunPod stand-in (tests/standins/runpod_server.py,
+    TEST STAND-IN of RunPod's REST API v2), no create request may arrive."""
+    settings = {"sdcloud_provider": "runpod", "sdcloud_gpu": "nvidia-rtx-4090", **extra}
+    with RunpodStandin(api_key="k") as standin:
+        run_env = {k: v for k, v in env.items() if k != "RUNPOD_API_KEY"}
+        run_env.update(SDCLOUD_INVENTORY_PROVIDERS="runpod", SDCLOUD_RUNPOD_ENDPOINT=standin.url, **(
+            {"RUNPOD_API_KEY": key} if key else {}))
+        refused(run_env, needle, "-e", json.dumps(settings))
+        assert standin.requests_for("POST") == [], "no pod may be created"

@@ -120,7 +120,7 @@ def test_pod_lifecycle(pod):
     assert m.group(1).startswith(f"ssh -i {env['SDCLOUD_TEST_KEY']} -p {PORT} -o ") and m.group(4) == host.address, m.group(1)
     assert stats["system"]["comfyui_version"] == "0.3.64" and "--cpu" in stats["system"]["argv"]
     # said once: what was not set up, and how the services come back after a restart
-    start_hook = f"{SUPERVISOR}/venv/bin/supervisord -c {SUPERVISOR}/supervisord.conf"
+    start_hook = f"{SUPERVISOR}/start"
     assert out.count("Not set up on this host: the host firewall (no CAP_NET_ADMIN") == 1, out[-4000:]
     assert "time sync and unattended upgrades" in out and "the NVIDIA driver install" in out
     assert re.search(r"start hook .* must run:\n\s+" + re.escape(start_hook) + "\n", out), out[-4000:]
@@ -147,13 +147,19 @@ def test_pod_lifecycle(pod):
     started = ssh(env, host, "ps -o lstart= -p $(cat /run/sdcloud-supervisord.pid)")
     assert f"up since {started} (supervisord's start" in status, status[-3000:]
 
-    # 4. the container restarts (a new PID 1, /run emptied); the start hook the summary printed brings ComfyUI back
+    # 4. the container restarts (a new PID 1, /run emptied) on a new container disk, as a RunPod pod's comes back
+    # after a stop: the service user is gone (made here by deleting it), the volume kept. The start hook the
+    # summary printed makes the user again with its uid and gid, and brings ComfyUI back.
     host.set_onstart(start_hook)
     old_pid = ssh(env, host, f"{SUPERVISOR}/venv/bin/supervisorctl -c {SUPERVISOR}/supervisord.conf pid comfyui")
+    ids = ssh(env, host, "id -u comfyui; id -g comfyui")
+    ssh(env, host, f"{SUPERVISOR}/venv/bin/supervisorctl -c {SUPERVISOR}/supervisord.conf shutdown; sleep 2; "
+                   "pkill -u comfyui; sleep 1; userdel comfyui; getent group comfyui && groupdel comfyui; id comfyui || true")
     host.stop()
     host.start()
     pid = wait_comfyui(env, host)
     assert pid != old_pid
+    assert ssh(env, host, "id -u comfyui; id -g comfyui") == ids, "the start hook makes the user again with its ids"
 
     # 5. a crash is restarted by supervisord
     ssh(env, host, f"kill -9 {pid}")

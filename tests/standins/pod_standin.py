@@ -14,6 +14,16 @@ Control (Python methods, and the same over HTTP for a stand-in run as its own pr
           ...]}: the addresses to hand out, in turn (see set_slots)
 - GET    /_standin/requests the request log ({method, path, query, body, status}); DELETE clears it
 - POST   /_standin/reset    drop everything
+
+Hooks (Python only): on_running(pod), on_stopped(pod), on_deleted(pod), called with the provider's pod record as the
+pod turns running (its address and SSH port set), stops, or is deleted - so a test backs each pod with a real
+pod-like host (tests/e2e/podhost.py) that starts and stops with it. They run inside the request that made the
+change, before its answer, as a real pod is up (sshd listening) by the time the API reports it running.
+
+Pod-scoped keys: both providers put a key into every pod that lets it act on itself (RunPod RUNPOD_API_KEY, vast.ai
+CONTAINER_API_KEY). scoped_key(pod id) makes one; a request with it is accepted only for paths of that pod (the
+references do not say what else such a key may do: nothing else is allowed here). The request log's `key` says
+which kind authorised each request ("account" or "pod").
 """
 
 from __future__ import annotations
@@ -44,6 +54,8 @@ class JsonStandin:
 
     def __init__(self, host: str = "127.0.0.1", port: int = 0, *, api_key: str = "test-key", slots=None):
         self.api_key = api_key
+        self.on_running = self.on_stopped = self.on_deleted = None  # hooks, see the module docstring
+        self.scoped_keys: dict = {}  # pod-scoped key -> the pod id it may act on
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
         self.reset()
@@ -119,6 +131,27 @@ class JsonStandin:
             return host, int(port), None
         return f"203.0.113.{10 + n % 200}", 40000 + n, None
 
+    def notify(self, hook: str, pod: dict):
+        """Call the test's hook `hook` (on_running, on_stopped, on_deleted) with a copy of the pod, if set."""
+        fn = getattr(self, hook)
+        if fn is not None:
+            fn(copy.deepcopy(pod))
+
+    def scoped_key(self, pod_id) -> str:
+        """A pod-scoped key for pod_id (what the provider injects into the pod)."""
+        key = f"pod-scoped-{pod_id}-{self.api_key[:4]}"
+        self.scoped_keys[key] = str(pod_id)
+        return key
+
+    def authorized(self, header: str | None, path: str) -> str | None:
+        """"account" for the account's key, "pod" for a pod-scoped key on its own pod's paths, else None."""
+        if header == f"Bearer {self.api_key}":
+            return "account"
+        pod_id = self.scoped_keys.get((header or "").removeprefix("Bearer "))
+        if pod_id is not None and re.search(rf"/{re.escape(pod_id)}(/|$)", path):
+            return "pod"
+        return None
+
     def new_id(self) -> int:
         return next(self._ids)
 
@@ -128,20 +161,21 @@ class JsonStandin:
 
     # ---- routing
     def handle(self, method: str, path: str, query: dict, body, headers) -> tuple:
-        """-> (status, payload, headers, logged?)."""
+        """-> (status, payload, headers, logged?, which key)."""
         if path.startswith("/_standin/"):
-            return (*self._control(method, path, body or {}), False)
-        if headers.get("Authorization") != f"Bearer {self.api_key}":
-            return (*self.unauthorized(headers.get("Authorization")), True)
+            return (*self._control(method, path, body or {}), False, None)
+        key = self.authorized(headers.get("Authorization"), path)
+        if key is None:
+            return (*self.unauthorized(headers.get("Authorization")), True, None)
         for verb, pattern, fn in self.routes():
             m = re.fullmatch(pattern, path)
             if m and verb == method:
                 try:
                     with self.lock:
-                        return 200, fn(body, query, **m.groupdict()), {}, True
+                        return 200, fn(body, query, **m.groupdict()), {}, True, key
                 except Reply as reply:
-                    return reply.status, reply.payload, reply.headers, True
-        return (*self.not_found(method, path), True)
+                    return reply.status, reply.payload, reply.headers, True, key
+        return (*self.not_found(method, path), True, key)
 
     def _control(self, method: str, path: str, body: dict) -> tuple:
         try:
@@ -188,11 +222,11 @@ class _Handler(BaseHTTPRequestHandler):
         except ValueError:
             self._send(400, {"error": "invalid json"}, {})
             return
-        status, payload, headers, logged = self.standin.handle(method, parsed.path, query, body, self.headers)
+        status, payload, headers, logged, key = self.standin.handle(method, parsed.path, query, body, self.headers)
         if logged:
             with self.standin.lock:
                 self.standin.requests.append({"method": method, "path": parsed.path, "query": query, "body": body,
-                                              "status": status, "time": time.time()})
+                                              "status": status, "time": time.time(), "key": key})
         self._send(status, payload, headers)
 
     def _send(self, status: int, payload, headers: dict):

@@ -133,6 +133,7 @@ class RunpodStandin(JsonStandin):
             if kind == "http":  # http ports go through the proxy: no public IP mapping (expose-ports.mdx)
                 mapped.append({"private": int(number), "public": None, "type": "http", "ip": None})
         pod["runtime"] = {"uptime": 0, "ports": mapped}
+        self.notify("on_running", pod)
 
     def _tick(self, pod: dict):
         """PROVISIONING -> STARTING -> RUNNING as the pod is read (reads_to_run reads in all)."""
@@ -148,6 +149,7 @@ class RunpodStandin(JsonStandin):
     def _stop(self, pod: dict):
         pod.update(status="EXITED", cost=0.0, runtime=None)
         pod["ssh"]["direct"] = None  # "absent while the pod is provisioning or stopped"
+        self.notify("on_stopped", pod)
 
     # ---- routes
     def routes(self):
@@ -195,6 +197,8 @@ class RunpodStandin(JsonStandin):
             "globalNetworking": {"enabled": False}, "runtime": None, "createdAt": _now(), "startedAt": None,
             "_reads": 0, "_price": round((secure if cloud == "SECURE" else community) * count, 2),
             "_start_ssh": bool(body.get("startSsh")),
+            # what RunPod puts in every pod's environment besides `env` (pods/templates/environment-variables.mdx)
+            "_injected": {"RUNPOD_POD_ID": pod_id, "RUNPOD_API_KEY": self.scoped_key(pod_id)},
         }
         self.pods[pod_id] = pod
         raise Reply(201, self._public(pod), RATE_HEADERS)
@@ -213,7 +217,7 @@ class RunpodStandin(JsonStandin):
 
     def delete_pod(self, body, query, pod_id):
         self._fault("delete")
-        self._pod(pod_id)
+        self.notify("on_deleted", self._pod(pod_id))
         del self.pods[pod_id]  # terminate is immediate here; then 404, as for any unknown pod
         raise Reply(204, None, RATE_HEADERS)
 
@@ -227,6 +231,7 @@ class RunpodStandin(JsonStandin):
         if action not in ACTIONS.get(pod["status"], []):
             raise problem(409, "Conflict", f"cannot {action} a pod that is {pod['status']}")
         if action == "terminate":
+            self.notify("on_deleted", pod)
             del self.pods[pod_id]
             raise Reply(204, None, RATE_HEADERS)
         if action == "start":

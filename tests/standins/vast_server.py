@@ -134,6 +134,7 @@ class VastStandin(JsonStandin):
             public = (mapped or {}).get(internal, port + n)
             ports[f"{internal}/tcp"] = [{"HostIp": "0.0.0.0", "HostPort": str(public)}]
         inst["ports"] = ports
+        self.notify("on_running", inst)
 
     def _tick(self, inst: dict):
         if inst["intended_status"] == "running" and inst["actual_status"] != "running":
@@ -208,6 +209,8 @@ class VastStandin(JsonStandin):
             "storage_cost": offer["storage_cost"], "inet_down_cost": offer["inet_down_cost"],
             "inet_up_cost": offer["inet_up_cost"], "start_date": time.time(), "machine_id": offer["machine_id"],
             "status_msg": None, "_reads": 0, "_ask": offer["id"], "_ui_ports": ui_ports, "_ssh_keys": [],
+            # what vast.ai puts in every instance's environment (guides/instances/docker-environment.mdx)
+            "_injected": {"CONTAINER_ID": str(inst_id), "CONTAINER_API_KEY": self.scoped_key(inst_id)},
         }
         return {"success": True, "new_contract": inst_id}
 
@@ -232,6 +235,7 @@ class VastStandin(JsonStandin):
         if state == "stopped":
             inst.update(intended_status="stopped", cur_state="stopped", actual_status="exited", ports={},
                         public_ipaddr=None, status_msg="stopped")
+            self.notify("on_stopped", inst)
         elif state == "running":
             inst.update(intended_status="running", cur_state="running", actual_status="scheduling", _reads=0)
             if fault and fault["kind"] == "gpu_gone":
@@ -245,6 +249,7 @@ class VastStandin(JsonStandin):
     def destroy(self, body, query, inst_id):
         self._fault("delete")
         inst = self._inst(inst_id)
+        self.notify("on_deleted", inst)
         del self.instances[inst["id"]]
         self.offers[inst["_ask"]]["rented"] = False
         return {"success": True, "msg": "Instance destroyed successfully"}

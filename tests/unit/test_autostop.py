@@ -106,3 +106,62 @@ def test_check_powers_off_only_when_idle(tmp_path, capsys):
     autostop.check(cfg)
     assert marker.exists()
     assert "powering off" in capsys.readouterr().out
+
+
+def test_an_idle_pod_asks_its_provider_to_stop_it_with_its_own_key(tmp_path, capsys, monkeypatch):
+    """A pod cannot power off: check() sends the config's stop_request with the pod-scoped key and id from the
+    pod's environment (PID 1's where it has them, as the provider injects them there; here, this process's), and
+    prints neither the key nor anything when not yet idle."""
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append((self.path, self.headers["Authorization"], json.loads(body)))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(autostop, "pod_env", lambda names: {"RUNPOD_API_KEY": "pod-key-1", "RUNPOD_POD_ID": "p1"})
+    request = {"method": "POST", "path": "/v2/pods/{id}/action", "body": {"action": "stop"},
+               "key_var": "RUNPOD_API_KEY", "id_var": "RUNPOD_POD_ID",
+               "endpoint": "http://127.0.0.1:%d/" % server.server_address[1]}
+    cfg = {"enabled": True, "idle_seconds": 60, "state_dir": str(tmp_path), "access_log": "", "comfyui_url": "",
+           "a1111_url": "", "gpu_util_threshold": None, "poweroff_command": ["false"], "stop_request": request}
+    try:
+        autostop.check(cfg)
+        assert seen == []
+        status = json.loads((tmp_path / "status.json").read_text())
+        status["last_activity"] -= 120
+        (tmp_path / "status.json").write_text(json.dumps(status))
+        autostop.check(cfg)
+    finally:
+        server.shutdown()
+    assert seen == [("/v2/pods/p1/action", "Bearer pod-key-1", {"action": "stop"})]
+    out = capsys.readouterr().out
+    assert "stopping the pod" in out and "asked POST" in out and "pod-key-1" not in out
+
+
+def test_a_pod_without_its_key_says_which_variables_are_missing(monkeypatch):
+    monkeypatch.setattr(autostop, "pod_env", lambda names: dict.fromkeys(names, ""))
+    with pytest.raises(RuntimeError, match="CONTAINER_API_KEY and CONTAINER_ID are not in its environment"):
+        autostop.stop_through_api({"method": "PUT", "path": "/api/v0/instances/{id}/", "body": {"state": "stopped"},
+                                   "key_var": "CONTAINER_API_KEY", "id_var": "CONTAINER_ID", "endpoint": "http://x"})
+
+
+def test_pod_env_reads_pid_1_and_falls_back_to_this_process(monkeypatch):
+    monkeypatch.setenv("SDCLOUD_TEST_ONLY_HERE", "here")
+    got = autostop.pod_env(["SDCLOUD_TEST_ONLY_HERE", "SDCLOUD_TEST_NOWHERE"])
+    assert got == {"SDCLOUD_TEST_ONLY_HERE": "here", "SDCLOUD_TEST_NOWHERE": ""}
+
+
+def test_boot_id_changes_with_the_container_start():
+    """The kernel's boot id and PID 1's start time: a restarted container (same kernel) is a new boot."""
+    boot, _, started = autostop.boot_id().partition("/")
+    assert boot == pathlib.Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    assert started.isdigit()

@@ -3,12 +3,15 @@
 import pytest
 
 from plugins.filter.sdcloud import (
+    sdcloud_api_key_var,
+    sdcloud_bad_zones,
     sdcloud_cidrs_containing,
     sdcloud_host_cidr,
     sdcloud_https_url,
     sdcloud_invalid_cidrs,
     sdcloud_ipv6_cidrs,
     sdcloud_other_providers_message,
+    sdcloud_pod_self_stop,
     sdcloud_port_problems,
     sdcloud_tcp_rules,
 )
@@ -70,3 +73,33 @@ def test_other_providers_message_names_each_machine_and_the_fix():
         "-e sdcloud_provider=gcp, or give this deployment another name (export SDCLOUD_NAME=...). "
         "Give static host(s) box their own `deployment:` in static_hosts (inventory/sdcloud.yml), or give this "
         "deployment another name (export SDCLOUD_NAME=...).")
+
+
+def test_bad_zones_per_provider():
+    assert sdcloud_bad_zones(["us-central1-a", "us-central1", "US-KS-2"], "gcp") == ["us-central1", "US-KS-2"]
+    assert sdcloud_bad_zones(["us-east-1", "us-east-1b", "us-central1-a"], "aws") == ["us-central1-a"]
+    # pods: RunPod data center ids, vast.ai country codes, `any` for anywhere; a cloud's zone is neither
+    assert sdcloud_bad_zones(["US-KS-2", "EU-RO-1", "CA-MTL-1", "any", "us-east-1", "US"], "runpod") == ["us-east-1", "US"]
+    assert sdcloud_bad_zones(["US", "de", "ANY", "US-KS-2", "usa"], "vastai") == ["US-KS-2", "usa"]
+    assert sdcloud_bad_zones(None, "runpod") == []
+
+
+def test_api_key_var_is_the_backends():
+    from plugins.module_utils.sdcloud import runpod, vastai  # noqa: PLC0415 - the names' owners
+
+    assert (sdcloud_api_key_var("runpod"), sdcloud_api_key_var("vastai")) == (runpod.ENV_KEY, vastai.ENV_KEY)
+    assert (runpod.ENV_KEY, vastai.ENV_KEY) == ("RUNPOD_API_KEY", "VAST_API_KEY")
+    assert sdcloud_api_key_var("gcp") == sdcloud_api_key_var("static") == ""
+
+
+def test_pod_self_stop_is_the_backends_request_at_this_computers_endpoint(monkeypatch):
+    monkeypatch.delenv("SDCLOUD_RUNPOD_ENDPOINT", raising=False)
+    monkeypatch.setenv("SDCLOUD_VAST_ENDPOINT", "http://10.87.15.1:9999")
+    assert sdcloud_pod_self_stop("runpod") == {
+        "method": "POST", "path": "/v2/pods/{id}/action", "body": {"action": "stop"}, "key_var": "RUNPOD_API_KEY",
+        "id_var": "RUNPOD_POD_ID", "endpoint": "https://api.runpod.io"}
+    vast = sdcloud_pod_self_stop("vastai")
+    assert (vast["method"], vast["path"], vast["body"]) == ("PUT", "/api/v0/instances/{id}/", {"state": "stopped"})
+    assert (vast["key_var"], vast["id_var"], vast["endpoint"]) == ("CONTAINER_API_KEY", "CONTAINER_ID", "http://10.87.15.1:9999")
+    with pytest.raises(Exception, match="'gcp' is not a pod provider"):
+        sdcloud_pod_self_stop("gcp")

@@ -72,6 +72,12 @@ PROVIDER = "runpod"
 API_URL = "https://api.runpod.io"  # the v2 schema's server; paths below start with /v2
 ENV_ENDPOINT = "SDCLOUD_RUNPOD_ENDPOINT"
 ENV_KEY = "RUNPOD_API_KEY"
+# How a pod stops itself (autostop, roles/autostop): RunPod puts a pod-scoped RUNPOD_API_KEY and RUNPOD_POD_ID in
+# every pod's environment (runpod/docs pods/templates/environment-variables.mdx; pods/manage-pods.mdx stops a pod
+# from inside with `runpodctl pod stop $RUNPOD_POD_ID`); the request is the podAction stop this backend sends. The
+# reference does not list which endpoints a pod-scoped key may call beyond its own pod's.
+SELF_STOP = {"method": "POST", "path": "/v2/pods/{id}/action", "body": {"action": "stop"},
+             "key_var": "RUNPOD_API_KEY", "id_var": "RUNPOD_POD_ID"}
 # An image with sshd (started from PUBLIC_KEY) and CUDA: RunPod's official PyTorch image, the one the v2
 # reference's examples create (runpod/docs api-reference-v2/openapi.json, createPod).
 DEFAULT_IMAGE = "runpod/pytorch:1.0.2-cu1281-torch280-ubuntu2404"

@@ -74,6 +74,11 @@ PROVIDER = "vastai"
 API_URL = "https://console.vast.ai"
 ENV_ENDPOINT = "SDCLOUD_VAST_ENDPOINT"
 ENV_KEY = "VAST_API_KEY"
+# How an instance stops itself (autostop, roles/autostop): vast.ai puts CONTAINER_API_KEY and CONTAINER_ID in every
+# instance's environment, "to start, stop or destroy the instance itself" (vast-ai/docs
+# guides/instances/docker-environment.mdx); the request is manage_instance's, as this backend sends it.
+SELF_STOP = {"method": "PUT", "path": "/api/v0/instances/{id}/", "body": {"state": "stopped"},
+             "key_var": "CONTAINER_API_KEY", "id_var": "CONTAINER_ID"}
 # An image with CUDA whose sshd vast's ssh launcher runs: vast's own base image, the create reference's default.
 DEFAULT_IMAGE = "vastai/base-image:@vastai-automatic-tag"
 SSH_PORT = 22
