@@ -11,7 +11,8 @@ sdcloud_persistent_dir=/workspace, and then:
 - status.yml reports ComfyUI from supervisord, "up since" supervisord's start;
 - the container restarts (a new PID 1) and the start hook line the summary printed brings ComfyUI back;
 - a crash (kill -9) is restarted by supervisord;
-- teardown.yml says the host keeps running and forgets its pinned host key.
+- teardown.yml says the host keeps running and forgets its pinned host key; with sdcloud_teardown_uninstall it
+  removes what sdcloud installed (ComfyUI's app, venv and user, supervisord) and keeps the models.
 """
 
 from __future__ import annotations
@@ -165,14 +166,20 @@ def test_pod_lifecycle(pod):
     ssh(env, host, f"kill -9 {pid}")
     wait_comfyui(env, host, old_pid=pid)
 
-    # 6. teardown: the host keeps running (and billing), its pinned host key is forgotten
+    # 6. teardown: the host keeps running (and billing), its pinned host key is forgotten; asked to, it removes what
+    # sdcloud installed (ComfyUI's app, venv and user, supervisord), not the models
     def pinned():  # the entries are hashed (HashKnownHosts): ask ssh-keygen
         return subprocess.run(["ssh-keygen", "-F", f"sdcloud-static-{NAME}", "-f", env["SDCLOUD_KNOWN_HOSTS"]],
                               capture_output=True, text=True, check=False).stdout.strip()
 
     assert pinned()
-    _, down = play(env, "teardown.yml")
-    assert f"{NAME} is a static host: sdcloud does not delete it; it keeps running (and billing, if rented)" in " ".join(
-        down.split()), down[-3000:]
+    _, down = play(env, "teardown.yml", "-e", "sdcloud_teardown_uninstall=true")
+    said = " ".join(down.split())
+    assert f"{NAME} is a static host: sdcloud does not delete it; it keeps running (and billing, if rented)" in said, down[-3000:]
+    assert "What sdcloud installed on it was removed, its models kept." in said
     assert not pinned()
     assert host.running()
+    assert not (workspace / "comfyui").exists() and not (workspace / "sdcloud/supervisor").exists()
+    assert (workspace / "models/checkpoints/tiny.safetensors").read_bytes() == MODEL
+    assert ssh(env, host, "id comfyui >/dev/null 2>&1 && echo user || echo no-user; "
+                          "curl -s --max-time 5 http://127.0.0.1:8188/ >/dev/null && echo up || echo down") == "no-user\ndown"

@@ -93,12 +93,16 @@ class Provider:
 
 
 PROVIDERS = {
-    "runpod": Provider("runpod", "podrp", RunpodStandin, "RUNPOD_API_KEY", "SDCLOUD_RUNPOD_ENDPOINT", _runpod_start,
-                       {"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US-KS-2"]},
-                       "~$0.44/h", f"bash -c '[ ! -x {START} ] || {START}; exec /start.sh'", "/v2/pods", "POST /v2/pods/{id}/action"),
-    "vastai": Provider("vastai", "podva", VastStandin, "VAST_API_KEY", "SDCLOUD_VAST_ENDPOINT", _vast_start,
-                       {"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US"]},
-                       "~$0.41/h", f"[ ! -x {START} ] || {START}", r"/api/v0/asks/[0-9]+/", "PUT /api/v0/instances/{id}/"),
+    "runpod": Provider(
+        "runpod", "podrp", RunpodStandin, "RUNPOD_API_KEY", "SDCLOUD_RUNPOD_ENDPOINT", _runpod_start,
+        settings={"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US-KS-2"]},
+        price="~$0.44/h (the price of the offer),", hook=f"bash -c '[ ! -x {START} ] || {START}; exec /start.sh'",
+        create_path="/v2/pods", stop_path="POST /v2/pods/{id}/action"),
+    "vastai": Provider(
+        "vastai", "podva", VastStandin, "VAST_API_KEY", "SDCLOUD_VAST_ENDPOINT", _vast_start,
+        settings={"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US"]},
+        price="~$0.41/h (the price of the offer) + $0.004 per GB downloaded", hook=f"[ ! -x {START} ] || {START}",
+        create_path=r"/api/v0/asks/[0-9]+/", stop_path="PUT /api/v0/instances/{id}/"),
 }
 
 
@@ -173,7 +177,7 @@ def test_pod_lifecycle(pod):
         assert create["onstart"] == prov.hook, create
         assert create["env"] == "-p 22:22", "tunnel access exposes SSH only"
         assert "price" not in create, "sdcloud_spot: false rents on demand, no bid"
-    assert f"{prov.price} (the price of the offer)" in " ".join(out.split()), out[-4000:]
+    assert prov.price in " ".join(out.split()), out[-4000:]
     assert re.search(r"start hook .* must run:\n\s+" + re.escape(START) + "\n", out), out[-4000:]
     # app, venv and models on the volume, by default
     assert (host.workspace / "comfyui/app/main.py").is_file() and (host.workspace / "comfyui/venv/bin/python").exists()
