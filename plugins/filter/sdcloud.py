@@ -167,7 +167,7 @@ def sdcloud_bad_zones(zones, provider):
     def ok(z):
         if provider == "gcp":
             return bool(_GCP_ZONE.fullmatch(z))
-        if provider in _API_KEY_VARS and z.lower() == "any":
+        if provider in _POD_BACKENDS and z.lower() == "any":
             return True
         if provider == runpod.PROVIDER:
             return bool(_RUNPOD_DC.fullmatch(z))
