@@ -28,10 +28,21 @@ def local_env(tmp, net, name):
     e = dict(os.environ, SDCLOUD_NET=net, SDCLOUD_NAME=name, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"),
              ANSIBLE_NOCOLOR="1", ANSIBLE_FORCE_COLOR="0", PATH=str(ROOT / ".venv/bin") + ":" + os.environ["PATH"])
     e["SDCLOUD_TEST_KEY"] = str(tmp / "id_ed25519")
+    clear_bridge(e)
     repos = tmp / "repos"
     subprocess.run([sys.executable, str(ROOT / "tests/fixtures/make_repos.py"), str(repos)], check=True, capture_output=True)
     subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "serve-git", str(repos)], check=True, env=e, capture_output=True)
     return e
+
+
+def clear_bridge(env):
+    """Remove what an earlier run left on env's bridge (SDCLOUD_NET): each e2e file owns its bridge, so anything on
+    it at the start is a leftover of a run that was killed before its own cleanup (a machine's record and disk
+    outlive the process that made them), and a test that asserts "nothing was created" would count it."""
+    left = [m["name"] + " (created " + m.get("created", "?") + ")" for m in machines(env).values()]
+    if left:
+        print(f"--- bridge {env['SDCLOUD_NET']}: removing what an earlier run left: {', '.join(left)}")
+    subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=env, check=True, capture_output=True)
 
 
 def _play_cmd(name, args, vars_file):

@@ -54,7 +54,8 @@ def refused(env, needle, *args, **env_extra):
     assert rc != 0, out[-3000:]
     assert needle in out, out[-3000:]
     assert time.monotonic() - t0 < 60, "bad input must be refused in seconds"
-    assert machines(env) == [], "nothing may be created"
+    left = e2e_util.machines(env)
+    assert left == {}, f"nothing may be created: {left}"
     return out
 
 

@@ -173,6 +173,8 @@ def hosts():
                 if time.monotonic() > deadline:
                     pytest.fail("another run of test_cloud_e2e.py held the test nets for 15 minutes")
                 time.sleep(2)
+        for net in (CLOUD_NET, STATIC_NET):
+            e2e_util.clear_bridge(dict(os.environ, SDCLOUD_NET=str(net)))
         yield BackingHosts(CLOUD_NET)
 
 
