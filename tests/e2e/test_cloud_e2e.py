@@ -12,7 +12,8 @@ a new IP on every start); stop and delete stop/destroy it. The inventory lists o
 test, so the test hosts are never seen as `local` machines.
 
 Then the static provider on bridge 6: a test host listed in static_hosts goes through the same
-playbooks minus creation/teardown. And a provision that fails half-way (every zone out of capacity
+playbooks minus creation/teardown, then teardown with sdcloud_teardown_uninstall (what sdcloud installed on the
+systemd host goes, the models stay). And a provision that fails half-way (every zone out of capacity
 after the firewall rule / key pair / security group were made) followed by teardown.
 
 What this cannot show about the real clouds: see docs/clouds.md ("What the tests do not prove").
@@ -604,6 +605,18 @@ def test_aws_half_failed_provision_then_teardown(base, moto, hosts):
 # test_static_host waits for it and checks what it saw.
 
 
+# on the static host after `teardown.yml -e sdcloud_teardown_uninstall=true`: what sdcloud installed, each present
+# or absent (the comfyui role's user, app and unit; autostop's timer; sdcloud's nft table), and the models dir
+UNINSTALL_CHECK = "; ".join(f"{test} && echo '{what}: present' || echo '{what}: absent'" for what, test in (
+    ("user comfyui", "id comfyui >/dev/null 2>&1"),
+    ("/opt/comfyui", "test -e /opt/comfyui"),
+    ("comfyui.service", "test -e /etc/systemd/system/comfyui.service"),
+    ("sdcloud-autostop.timer", "test -e /etc/systemd/system/sdcloud-autostop.timer"),
+    ("nft table inet sdcloud", "nft list table inet sdcloud >/dev/null 2>&1"),
+    ("models dir", "test -d /opt/sdcloud/models"),
+))
+
+
 def _static_flow(base, tmp_path) -> dict:
     """A test host listed in static_hosts through provision, status, stop and teardown."""
     seen = {}
@@ -624,14 +637,20 @@ def _static_flow(base, tmp_path) -> dict:
     xv = {"sdcloud_provider": "static", "sdcloud_ssh_key_path": base["key"], "sdcloud_gpu_present": False,
           "sdcloud_wait_timeout": 120}
     inv_args = ("-i", str(inv / "sdcloud.yml"))
-    for step in ("provision.yml", "status.yml", "stop.yml", "teardown.yml"):
-        rc, out = play(env, step, xv, *inv_args, check=False)
+    box_ssh = ssh_to(tmp_path / "box_key", "root", address)
+    for step, extra in (("provision.yml", {}), ("status.yml", {}), ("stop.yml", {}), ("teardown.yml", {}),
+                        ("uninstall", {"sdcloud_teardown_uninstall": True})):
+        rc, out = play(env, "teardown.yml" if step == "uninstall" else step, dict(xv, **extra), *inv_args, check=False)
         seen[step] = (rc, out)
         if rc != 0:
             return seen
         if step == "provision.yml":
             seen["tunnel"] = through_tunnel(out, base["tmp"] / "known_hosts_static")
-            seen["ssh_allowed_from"] = ssh_allowed_from(ssh_to(tmp_path / "box_key", "root", address))
+            seen["ssh_allowed_from"] = ssh_allowed_from(box_ssh)
+            seen["after_provision"] = subprocess.run([*box_ssh, UNINSTALL_CHECK], capture_output=True, text=True,
+                                                     check=False).stdout
+    # what is left on the (systemd) host after the uninstall: one line per check
+    seen["after_uninstall"] = subprocess.run([*box_ssh, UNINSTALL_CHECK], capture_output=True, text=True, check=False).stdout
     seen["box_state"] = box.state
     seen["gateway"] = net.gateway
     box.destroy()
@@ -660,9 +679,9 @@ def test_static_host(static_flow):
     seen = static_flow()
     if "error" in seen:
         raise seen["error"]
-    for step in ("provision.yml", "status.yml", "stop.yml", "teardown.yml"):
+    for step in ("provision.yml", "status.yml", "stop.yml", "teardown.yml", "uninstall"):
         rc, out = seen[step]
-        assert rc == 0, f"{step} failed:\n{out[-6000:]}"
+        assert rc == 0, f"{step} failed:\n{e2e_util.failed_tasks(out)}\n{out[-4000:]}"
     out = seen["provision.yml"][1]
     assert re.search(r"e2e-static runs on static \(static\),\s+on-demand, ~\$0\.00/h, at 10\.87\.6\.\d+\.", out), out[-3000:]
     assert "-o HostKeyAlias=sdcloud-static-homebox -o StrictHostKeyChecking=accept-new" in out, out[-3000:]
@@ -676,3 +695,9 @@ def test_static_host(static_flow):
     assert "sdcloud does not stop hosts you already have" in seen["stop.yml"][1]
     assert "sdcloud does not delete hosts you already have" in seen["teardown.yml"][1]
     assert seen["box_state"] == "running", "static hosts are not stopped or deleted"
+    # asked to, teardown removes what sdcloud installed on a systemd host, and keeps the models
+    assert "absent" not in seen["after_provision"], seen["after_provision"]
+    assert "What sdcloud installed on it was removed, its models kept." in " ".join(seen["uninstall"][1].split())
+    assert seen["after_uninstall"].splitlines() == [
+        "user comfyui: absent", "/opt/comfyui: absent", "comfyui.service: absent", "sdcloud-autostop.timer: absent",
+        "nft table inet sdcloud: absent", "models dir: present"], seen["after_uninstall"]

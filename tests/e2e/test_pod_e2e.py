@@ -90,6 +90,8 @@ class Provider:
     hook: str  # the start hook the pod is created with
     create_path: str  # the create request's path (a regular expression)
     stop_path: str  # how a pod stops itself (the request autostop sends)
+    records: Callable  # (the stand-in) -> its pods by id
+    stopped: Callable  # (a pod's record) -> whether the provider reports it stopped
 
 
 PROVIDERS = {
@@ -97,12 +99,14 @@ PROVIDERS = {
         "runpod", "podrp", RunpodStandin, "RUNPOD_API_KEY", "SDCLOUD_RUNPOD_ENDPOINT", _runpod_start,
         settings={"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US-KS-2"]},
         price="~$0.44/h (the price of the offer),", hook=f"bash -c '[ ! -x {START} ] || {START}; exec /start.sh'",
-        create_path="/v2/pods", stop_path="POST /v2/pods/{id}/action"),
+        create_path="/v2/pods", stop_path="POST /v2/pods/{id}/action",
+        records=lambda standin: standin.pods, stopped=lambda pod: pod["status"] == "EXITED"),
     "vastai": Provider(
         "vastai", "podva", VastStandin, "VAST_API_KEY", "SDCLOUD_VAST_ENDPOINT", _vast_start,
         settings={"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US"]},
         price="~$0.41/h (the price of the offer) + $0.004 per GB downloaded", hook=f"[ ! -x {START} ] || {START}",
-        create_path=r"/api/v0/asks/[0-9]+/", stop_path="PUT /api/v0/instances/{id}/"),
+        create_path=r"/api/v0/asks/[0-9]+/", stop_path="PUT /api/v0/instances/{id}/",
+        records=lambda standin: standin.instances, stopped=lambda inst: inst["actual_status"] == "exited"),
 }
 
 
@@ -147,15 +151,6 @@ def play(env, name, *extra, check=True):
     return run_play(env, name, "-e", "@" + env["SDCLOUD_TEST_SETTINGS"], *extra, check=check, vars_file="upstream-vars.yml")
 
 
-def records(standin):
-    """The stand-in's pods: RunPod's by id, vast.ai's instances by id."""
-    return standin.pods if isinstance(standin, RunpodStandin) else standin.instances
-
-
-def stopped(standin, record):
-    return record["status"] == "EXITED" if isinstance(standin, RunpodStandin) else record["actual_status"] == "exited"
-
-
 def test_pod_lifecycle(pod):
     prov, host, standin, env = pod
     name = prov.deployment
@@ -165,7 +160,7 @@ def test_pod_lifecycle(pod):
     m, stats = e2e_util.through_tunnel(out)
     assert f" -p {PORTS[0]} " in m.group(1) and m.group(3) == "root" and m.group(4) == host.address, m.group(1)
     assert stats["system"]["comfyui_version"] == "0.3.64"
-    (record,) = records(standin).values()
+    (record,) = prov.records(standin).values()
     (create,) = [r["body"] for r in standin.requests if re.fullmatch(prov.create_path, r["path"]) and r["method"] != "GET"]
     if prov.name == "runpod":
         assert record["name"] == f"sdcloud:{name}" and record["dataCenterId"] == "US-KS-2"
@@ -190,7 +185,7 @@ def test_pod_lifecycle(pod):
 
     # 3. stop: the pod is stopped, its volume kept and its cost said; the host behind it is down
     _, down = play(env, "stop.yml")
-    assert stopped(standin, records(standin)[record["id"]])
+    assert prov.stopped(prov.records(standin)[record["id"]])
     assert re.search(rf"{name} is stopped; its disk is kept \(about \$[0-9.]+/month", " ".join(down.split())), down[-3000:]
     assert not host.running()
 
@@ -205,7 +200,7 @@ def test_pod_lifecycle(pod):
     # 5. autostop: 30 idle seconds (checked every 5 s); the pod stops itself through the API, with its own key
     _, short = play(env, "provision.yml", "-e", "autostop_idle_seconds=30", "-e", "autostop_interval_seconds=5")
     deadline = time.monotonic() + 150
-    while not stopped(standin, records(standin)[record["id"]]):
+    while not prov.stopped(prov.records(standin)[record["id"]]):
         if time.monotonic() > deadline:
             log = (host.workspace / "sdcloud/autostop/state/autostop.log")
             pytest.fail("the idle pod did not stop itself within 150 s; its autostop log:\n"
@@ -223,6 +218,6 @@ def test_pod_lifecycle(pod):
     _, gone = play(env, "teardown.yml")
     assert f"nothing of {name} is left on {prov.name}" in gone, gone[-3000:]
     assert re.search(rf"listed again: 0 resources named sdcloud:{name} remain", gone), gone[-3000:]
-    assert records(standin) == {} and not host.running()
+    assert prov.records(standin) == {} and not host.running()
     assert all(r["key"] == "account" for r in standin.requests if r["key"] and r not in calls), \
         "sdcloud itself uses the account's key; only the pod uses its own"
