@@ -315,6 +315,12 @@ def aws_leftovers(moto) -> dict:
     }
 
 
+def aws_instances(moto, name) -> list:
+    """The deployment's instances as the product lists them (AwsBackend.list_instances, as the inventory does)."""
+    with _env(AWS_ENDPOINT_URL=moto.url, AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing"):
+        return aws_backend.AwsBackend([AWS_REGION], endpoint_url=moto.url).list_instances(name)
+
+
 def labelled(provider, url) -> list:
     """What the product's own sweep lists as sdcloud-managed (any deployment)."""
     if provider == "gcp":
@@ -504,7 +510,7 @@ def test_aws_lifecycle(base, moto, hosts):
 
         # 1. provision: key pair, security group from the detected address, on-demand g6.xlarge
         _, out = play(env, "provision.yml", xv)
-        found = aws_backend.list_instances(_ec2(moto), name)
+        found = aws_instances(moto, name)
         assert [(i.state, i.machine_type, i.spot) for i in found] == [("running", "g6.xlarge", False)]
         iid, addr1 = found[0].id, found[0].public_ip
         assert hosts.names() == ["aws-" + iid] and addr1 == hosts.addresses[-1]
@@ -527,7 +533,7 @@ def test_aws_lifecycle(base, moto, hosts):
 
         # 3. stop
         _, out = play(env, "stop.yml", xv)
-        assert [i.state for i in aws_backend.list_instances(_ec2(moto), name)] == ["stopped"]
+        assert [i.state for i in aws_instances(moto, name)] == ["stopped"]
         assert hosts.net.machine("aws-" + iid).state == "stopped"
         assert "its disk is kept (about $4.00/month" in out, out[-3000:]
         _, out = play(env, "status.yml", xv)
@@ -535,7 +541,7 @@ def test_aws_lifecycle(base, moto, hosts):
 
         # 4. start: a new address
         _, out = play(env, "start.yml", xv)
-        addr2 = aws_backend.list_instances(_ec2(moto), name)[0].public_ip
+        addr2 = aws_instances(moto, name)[0].public_ip
         assert addr2 != addr1 and addr2 == hosts.addresses[-1]
         _, addr, stats = through_tunnel(out, key_file)
         assert addr == addr2 and stats["system"]["comfyui_version"] == "0.0.1-fixture"

@@ -199,13 +199,6 @@ def instance_from_aws(d: dict, region: str, disk_size_gb: int | None = None) -> 
     )
 
 
-def list_instances(ec2, deployment: str | None = None) -> list:
-    """Tagged sdcloud instances in the region of the EC2 client `ec2`. Only tests/e2e/test_cloud_e2e.py still
-    calls this: everything else (the inventory included) lists through AwsBackend.list_instances; remove it
-    once that test does too."""
-    return _describe_instances(ec2, ec2.meta.region_name, deployment)
-
-
 _KEYS_BLOCK = re.compile(r"-----BEGIN SSH HOST KEY KEYS-----(.*?)-----END SSH HOST KEY KEYS-----", re.S)
 
 
