@@ -158,20 +158,28 @@ def free_port():
 TUNNEL_RE = re.compile(r"^\s*(ssh -i \S+ (?:-p [0-9]+ )?((?:-o \S+ )*)-N -L [0-9]+:127\.0\.0\.1:[0-9]+ (?:-L \S+ )*(\S+)@(\S+))\s*$", re.M)
 
 
-def local_forward(command, port):
-    """The summary's tunnel command (TUNNEL_RE's group 1) forwarding local `port` instead of the UI's own."""
-    return re.sub(r"-L [0-9]+:", f"-L {port}:", command, count=1).split()
+def local_forward(command, port, remote=None):
+    """The summary's tunnel command (TUNNEL_RE's group 1) with one forward only: local `port` to the UI on
+    remote port `remote` (default: the first the summary printed). The other UIs' forwards are dropped, so that
+    a port taken on this computer (the UIs' own, e.g. 7860) cannot fail the tunnel."""
+    words = command.split()
+    remotes = [words[i + 1].rsplit(":", 1)[1] for i, w in enumerate(words) if w == "-L"]
+    remote = str(remote or remotes[0])
+    assert remote in remotes, f"the summary's tunnel forwards no port {remote}: {command}"
+    kept = [w for i, w in enumerate(words) if w != "-L" and (i == 0 or words[i - 1] != "-L")]
+    return kept[:-1] + ["-L", f"{port}:127.0.0.1:{remote}", kept[-1]]
 
 
-def through_tunnel(out, ssh_opts=(), path="/system_stats", timeout=30):
-    """Run the `ssh -L` command the summary printed (on a free local port, with extra `ssh_opts`) and GET
-    `path` through it. Returns (match, decoded JSON). The ssh process is always gone when this returns:
-    ssh may miss a SIGTERM that lands while it handles the channel the request just closed (it then sits in
-    poll() with no timeout), so a terminate that does not take within 5 s is followed by a kill."""
+def through_tunnel(out, ssh_opts=(), path="/system_stats", timeout=30, remote=None):
+    """Run the `ssh -L` command the summary printed (on a free local port to the UI on remote port `remote`,
+    default the first, with extra `ssh_opts`) and GET `path` through it. Returns (match, decoded JSON). The ssh
+    process is always gone when this returns: ssh may miss a SIGTERM that lands while it handles the channel the
+    request just closed (it then sits in poll() with no timeout), so a terminate that does not take within 5 s
+    is followed by a kill."""
     m = TUNNEL_RE.search(out)
     assert m, "the summary must print an ssh -L command:\n" + out[-3000:]
     port = free_port()
-    cmd = local_forward(m.group(1), port)
+    cmd = local_forward(m.group(1), port, remote)
     cmd[1:1] = ["-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes", *ssh_opts]
     with tempfile.TemporaryFile() as err:
         tunnel = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=err)

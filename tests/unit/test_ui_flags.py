@@ -23,12 +23,17 @@ def upstream_flags(name):
 
 
 def jinja_env(native=False):
-    """Jinja with the project's own filters (roles' vars use them, e.g. sdcloud_model_kinds); `native` keeps a
-    list a list, as Ansible's templating does for a variable (e.g. __comfyui_command)."""
+    """Jinja with Ansible's builtin filters (zip, flatten) and the project's own (roles' vars use them, e.g.
+    sdcloud_model_kinds); `native` keeps a list a list, as Ansible's templating does for a variable (e.g.
+    __comfyui_command)."""
     import importlib.util
+
+    from ansible.plugins.filter import core, mathstuff
 
     cls = jinja2.nativetypes.NativeEnvironment if native else jinja2.Environment
     env = cls(undefined=jinja2.StrictUndefined)
+    for module in (core, mathstuff):  # Ansible's own versions of Jinja's filters (default, map) need its templar
+        env.filters.update({k: f for k, f in module.FilterModule().filters().items() if k not in env.filters})
     for path in sorted((ROOT / "plugins" / "filter").glob("*.py")):
         spec = importlib.util.spec_from_file_location("sdcloud_filter_" + path.stem, path)
         module = importlib.util.module_from_spec(spec)
@@ -54,12 +59,13 @@ def role_vars(role, **overrides):
     return context
 
 
-def exec_start(role, unit, **overrides):
+def exec_start(role, unit, key="ExecStart", **overrides):
+    """The command line of a rendered systemd unit (ExecStart=) or supervisord program section (command=)."""
     text = (ROOT / "roles" / role / "templates" / unit).read_text()
     rendered = jinja_env().from_string(text).render(role_vars(role, **overrides))
-    lines = [line for line in rendered.splitlines() if line.startswith("ExecStart=")]
+    lines = [line for line in rendered.splitlines() if line.startswith(key + "=")]
     assert len(lines) == 1, rendered
-    return shlex.split(lines[0][len("ExecStart="):])
+    return shlex.split(lines[0][len(key) + 1:])
 
 
 def unknown_flags(argv, known):
@@ -98,3 +104,13 @@ def test_the_check_catches_a_flag_upstream_lacks():
     # --controlnet-dir belongs to the sd-webui-controlnet extension, not to A1111 itself.
     argv = exec_start("a1111", "a1111.service.j2", a1111_extra_args=["--controlnet-dir", "/x"])
     assert unknown_flags(argv, upstream_flags("a1111-v1.10.1-flags.txt")) == ["--controlnet-dir"]
+
+
+@pytest.mark.parametrize(("role", "overrides"), [("comfyui", {}), ("comfyui", {"comfyui_gpu": False}), ("a1111", {}),
+                                                 ("a1111", {"a1111_gpu": False, "a1111_persistent_dir": "/workspace"})])
+def test_supervisord_runs_the_units_command_line(role, overrides):
+    """Where systemd is not init, supervisord runs the UI with the command line of its unit, flag for flag."""
+    unit = exec_start(role, f"{role}.service.j2", **overrides)
+    assert exec_start(role, f"{role}.supervisor.conf.j2", key="command", **overrides) == unit
+    if overrides.get("a1111_persistent_dir"):
+        assert unit[0] == "/workspace/a1111/venv/bin/python"
