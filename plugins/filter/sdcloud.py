@@ -120,8 +120,16 @@ def sdcloud_port_problems(ports, ssh_port=22, unprivileged=()):
     return problems
 
 
-def sdcloud_https_url(port, host):
-    """https://<host>[:<port>] (no port for 443; an IPv6 address in brackets), no trailing slash."""
+def sdcloud_https_url(port, host, mapped=None):
+    """The https:// URL of the proxy's `port`: https://<host>[:<port>] (no port for 443; an IPv6 address in brackets),
+    no trailing slash. On a pod, `mapped` (the instance's ports, container port -> {ip, port, type, url}) decides:
+    an http port is reached through the provider's HTTPS proxy, at its URL (RunPod); a tcp port at its public
+    mapping, https://<ip>:<public port> (vast.ai)."""
+    entry = (mapped or {}).get(str(int(port))) or {}
+    if entry.get("type") == "http" and entry.get("url"):
+        return str(entry["url"]).rstrip("/")
+    if entry.get("port"):
+        host, port = entry.get("ip") or host, entry["port"]
     host = str(host)
     if ":" in host and not host.startswith("["):
         host = f"[{host}]"

@@ -485,10 +485,26 @@ def _bring_up(module, backend, found, result, before) -> dict:
     return after
 
 
+def _check_ports(p, found) -> None:
+    """Pods: a pod's exposed ports are fixed when it is created; one that lacks a port asked for now (public access
+    turned on later) cannot serve it. Only what the provider reports is compared (vast.ai lists a stopped
+    instance's mappings not at all)."""
+    if found is None or not found.ports:
+        return
+    missing = sorted({int(port) for port in p["ports"]} - {int(port) for port in found.ports})
+    if missing:
+        raise SdcloudError(
+            f"deployment {p['name']!r}: pod {found.id} was created exposing {', '.join(sorted(found.ports, key=int))} "
+            f"only, not {', '.join(map(str, missing))}, and a pod's ports are set when it is created. Run teardown "
+            "(state=absent; the volume is deleted) and provision again, or keep the access it was created for "
+            "(sdcloud_access)")
+
+
 def _present(module, backend, found, result, before) -> dict:
     p = module.params
     if found is None:
         return _create(module, backend, result)
+    _check_ports(p, found)
     if _key_changed(module, backend, found, result) or found.state in (STOPPED, STOPPING, PENDING, SUSPENDED):
         return _bring_up(module, backend, found, result, before)
     result["instance"] = found.to_dict()

@@ -86,6 +86,7 @@ class PodHost:
         self.workspace = self.dir / "workspace"
         self.hook_dir = self.dir / "podhost"  # bind-mounted read-only at /etc/podhost
         self.pidfile = self.dir / "podhost.pid"
+        self.publishers = self.dir / "publish.pids"  # "pid start-time" of each port publisher (publish)
         self.command = []  # PID 1's command line; [] = /start.sh
         self.env = {}
 
@@ -197,6 +198,36 @@ class PodHost:
         self._wait_ssh(deadline)
         return True
 
+    def publish(self, public_port, port, timeout=10):
+        """Publish the container's `port` at <address>:`public_port`, as a provider's `-p PUBLIC:PORT` does: Docker's
+        userland proxy (tests/standins/port_forward.py) run in the container's network namespace. Until stop()."""
+        leader = self.pid1()
+        if leader is None:
+            raise PodHostError("pod %s does not run: nothing to publish %s on" % (self.name, port))
+        log = open(self.dir / "publish.log", "ab")  # noqa: SIM115 - handed to the publisher
+        proc = subprocess.Popen(["nsenter", "-t", str(leader), "-n", sys.executable, str(ROOT / "tests/standins/port_forward.py"),
+                                 str(public_port), str(port)], stdin=subprocess.DEVNULL, stdout=log, stderr=log,
+                                start_new_session=True)
+        with open(self.publishers, "a") as f:
+            f.write("%d %d\n" % (proc.pid, nspawn._proc_start(proc.pid)))
+        try:
+            nspawn._wait_port(self.address, int(public_port), timeout, f"port {public_port} of pod {self.name}")
+        except nspawn.MachineError as e:
+            raise PodHostError(str(e)) from None
+
+    def _unpublish(self):
+        """End the port publishers by the PIDs recorded at their start (each holds the container's network)."""
+        with contextlib.suppress(OSError):
+            for line in self.publishers.read_text().split("\n"):
+                if line.strip():
+                    pid, start = (int(x) for x in line.split())
+                    if nspawn._proc_start(pid) == start:
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(pid, signal.SIGKILL)
+                        with contextlib.suppress(ChildProcessError, OSError):
+                            os.waitpid(pid, 0)
+            self.publishers.unlink()
+
     def _wait_ssh(self, deadline):
         try:
             nspawn._wait_port(self.address, self.ssh_port, max(1.0, deadline - time.monotonic()), f"sshd of pod {self.name}",
@@ -206,6 +237,7 @@ class PodHost:
 
     def stop(self, timeout=20):
         """Stop the container by its recorded PID (nspawn kills PID 1 and everything in it), keep its disks."""
+        self._unpublish()
         pid = self._recorded()
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
@@ -236,6 +268,24 @@ class PodHost:
     def info(self):
         return {"name": self.name, "address": self.address, "port": self.ssh_port, "running": self.running(),
                 "workspace": str(self.workspace)}
+
+
+def start_as_runpod(host, pod):
+    """Back a RunPod stand-in pod (its record, as it turns RUNNING) with `host`: the pod's `args` replace the image's
+    CMD (a docker start command) and its `env` plus what RunPod injects is PID 1's; SSH on the port mapped to 22."""
+    host.set_command(pod["args"], {**pod["env"], **pod["_injected"]})
+    host.start(ssh_port=pod["ssh"]["direct"]["port"])
+
+
+def start_as_vast(host, inst):
+    """Back a vast.ai stand-in instance with `host`: the image's start (sshd, the attached key), then `onstart`;
+    SSH on the port mapped to 22, every other `-p` port published at the public port vast mapped."""
+    host.set_command("", {**inst["_injected"], **({"PUBLIC_KEY": inst["_ssh_keys"][0]} if inst["_ssh_keys"] else {})})
+    host.set_onstart(inst["onstart"] or "")
+    host.start(ssh_port=int(inst["ports"]["22/tcp"][0]["HostPort"]))
+    for key, binds in inst["ports"].items():
+        if key != "22/tcp":
+            host.publish(int(binds[0]["HostPort"]), int(key.split("/")[0]))
 
 
 if __name__ == "__main__":  # by hand: podhost.py NET NAME create PUBKEY | start | stop | destroy | info

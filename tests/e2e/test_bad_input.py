@@ -137,11 +137,12 @@ def test_a_first_provision_that_fails_leaves_the_firewall_up(env):
 
 @pytest.mark.parametrize(("extra", "key", "needle"), [
     ({}, None, "sdcloud_provider runpod needs an API key in RUNPOD_API_KEY, which is not set: export RUNPOD_API_KEY="),
-    ({"sdcloud_access": "public"}, "k", "sdcloud_provider runpod rents a container without systemd: sdcloud supervises the "
-                                        "UIs there with supervisord, but not yet the public-access proxy (nginx)"),
+    ({"sdcloud_access": "public", "sdcloud_access_cidrs": ["198.51.100.0/24"]}, "k",
+     "sdcloud_access_cidrs is 198.51.100.0/24, but runpod pods have no firewall: the provider exposes the proxy's port "
+     "to everyone, and only the access token guards it. Set sdcloud_access_cidrs: []"),
     ({"sdcloud_zones": ["us-east-1"]}, "k", "data centers to try in order, e.g. [US-KS-2, EU-RO-1], or [] for anywhere"),
     ({"sdcloud_gpu": "nvidia-t4"}, "k", "sdcloud_gpu is 'nvidia-t4': on runpod use one of"),
-], ids=["no-api-key", "public", "zone", "gpu"])
+], ids=["no-api-key", "public-cidrs", "zone", "gpu"])
 def test_pod_settings_are_refused_before_a_pod_exists(env, extra, key, needle):
     """A pod is rented only once its settings pass: against the RunPod stand-in (tests/standins/runpod_server.py,
     TEST STAND-IN of RunPod's REST API v2), no create request may arrive."""

@@ -10,15 +10,22 @@ it when the pod stops or is deleted. Started the way each provider starts a cont
   `env` PID 1's environment (PUBLIC_KEY, which /start.sh adds to root's keys, as RunPod's images do);
 - vast.ai: the image's own start (/start.sh: sshd, with the key attached through the API), then `onstart`.
 
-provision.yml installs the REAL ComfyUI (../shared/upstream through the product's mirror setting,
-tests/e2e/upstream-vars.yml) and then:
-- ComfyUI answers through the tunnel the summary prints (with `-p <mapped port>`); app, venv and models are on
-  the pod's volume (/workspace), by default;
-- the pod was created with the start hook (RunPod: docker start command; vast.ai: onstart) and with SSH as its
-  only exposed port (tunnel access);
+provision.yml, with public access, installs the REAL ComfyUI (../shared/upstream through the product's mirror
+setting, tests/e2e/upstream-vars.yml) and sdcloud's nginx (under supervisord, its files on the volume), and then:
+- ComfyUI answers through the tunnel the summary prints (with `-p <mapped port>`) and through the public URL it
+  prints, with the token as the first path segment (what Krita is given), and refuses without it:
+  - RunPod: `https://<pod id>-443.proxy.runpod.net`, through tests/standins/runpod_proxy.py (TEST STAND-IN of
+    RunPod's HTTP proxy: TLS ends there, with a certificate of a test CA for *.proxy.runpod.net; plain HTTP to
+    the pod's port), which curl reaches with --connect-to, as if DNS named it;
+  - vast.ai: `https://<address>:<public port>`, the port vast mapped for 443, published into the pod the way
+    Docker does (tests/standins/port_forward.py), checked against the certificate the summary says to trust;
+- app, venv and models are on the pod's volume (/workspace), by default;
+- the pod was created with the start hook (RunPod: docker start command; vast.ai: onstart) and with SSH and the
+  proxy's port as its only exposed ports, never a UI's own;
 - the re-run changes nothing;
-- stop.yml stops the pod (its volume kept, its monthly cost said); start.yml starts it on a NEW SSH port, where
-  the start hook has already brought ComfyUI back (supervisord started by the pod itself), and changes nothing;
+- stop.yml stops the pod (its volume kept, its monthly cost said); start.yml starts it on a NEW SSH port (vast.ai:
+  a new public port for the proxy too), where the start hook has already brought ComfyUI and nginx back
+  (supervisord started by the pod itself), and changes nothing; the public URL it prints answers;
 - autostop: with a short limit, the idle pod asks the provider's API to stop itself, with the pod-scoped key the
   stand-in put in its environment (RunPod RUNPOD_API_KEY + RUNPOD_POD_ID, vast.ai CONTAINER_API_KEY + CONTAINER_ID),
   not the account's; the stand-in listens on the bridge for that, where the pod reaches it;
@@ -44,6 +51,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 NET = "15"
 GATEWAY = f"10.87.{NET}.1"
 PORTS = (40022, 40023)  # the SSH ports the stand-in maps, one start after the other
+PROXY_PORTS = (40443, 41443)  # vast.ai: the public ports of the proxy's 443, one start after the other
 API_KEY = "test-pod-api-key-not-a-secret"
 START = "/workspace/sdcloud/supervisor/start"  # supervisord's start script on the volume (role base)
 sys.path.insert(0, str(ROOT / "tests" / "standins"))
@@ -52,7 +60,8 @@ sys.path.insert(0, str(ROOT / "tests" / "e2e"))
 import e2e_util  # noqa: E402
 from e2e_util import recap_changed, run_play  # noqa: E402
 from model_server import ModelServer  # noqa: E402
-from podhost import PodHost  # noqa: E402
+from podhost import PodHost, start_as_runpod, start_as_vast  # noqa: E402
+from runpod_proxy import RunpodProxy, make_certificates  # noqa: E402
 from runpod_server import RunpodStandin  # noqa: E402
 from vast_server import VastStandin  # noqa: E402
 
@@ -62,19 +71,6 @@ pytestmark = [
 ]
 
 MODEL = os.urandom(64 * 1024)
-
-
-def _runpod_start(host, pod):
-    """RunPod: the pod's docker start command replaces the image's CMD; its env is PID 1's."""
-    host.set_command(pod["args"], {**pod["env"], **pod["_injected"]})
-    host.start(ssh_port=pod["ssh"]["direct"]["port"])
-
-
-def _vast_start(host, inst):
-    """vast.ai: the image's start (sshd, the attached key), then onstart."""
-    host.set_command("", {**inst["_injected"], **({"PUBLIC_KEY": inst["_ssh_keys"][0]} if inst["_ssh_keys"] else {})})
-    host.set_onstart(inst["onstart"] or "")
-    host.start(ssh_port=int(inst["ports"]["22/tcp"][0]["HostPort"]))
 
 
 @dataclasses.dataclass
@@ -96,13 +92,13 @@ class Provider:
 
 PROVIDERS = {
     "runpod": Provider(
-        "runpod", "podrp", RunpodStandin, "RUNPOD_API_KEY", "SDCLOUD_RUNPOD_ENDPOINT", _runpod_start,
+        "runpod", "podrp", RunpodStandin, "RUNPOD_API_KEY", "SDCLOUD_RUNPOD_ENDPOINT", start_as_runpod,
         settings={"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US-KS-2"]},
         price="~$0.44/h (the price of the offer),", hook=f"bash -c '[ ! -x {START} ] || {START}; exec /start.sh'",
         create_path="/v2/pods", stop_path="POST /v2/pods/{id}/action",
         records=lambda standin: standin.pods, stopped=lambda pod: pod["status"] == "EXITED"),
     "vastai": Provider(
-        "vastai", "podva", VastStandin, "VAST_API_KEY", "SDCLOUD_VAST_ENDPOINT", _vast_start,
+        "vastai", "podva", VastStandin, "VAST_API_KEY", "SDCLOUD_VAST_ENDPOINT", start_as_vast,
         settings={"sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False, "sdcloud_zones": ["US"]},
         price="~$0.41/h (the price of the offer) + $0.004 per GB downloaded", hook=f"[ ! -x {START} ] || {START}",
         create_path=r"/api/v0/asks/[0-9]+/", stop_path="PUT /api/v0/instances/{id}/",
@@ -119,32 +115,65 @@ def pod(request, tmp_path_factory):
     host = PodHost(int(NET), prov.deployment + "-pod", ssh_port=PORTS[0])
     host.destroy()  # one left by an interrupted run
     standin = prov.standin(host=GATEWAY, api_key=API_KEY).start()  # on the bridge: the pod's autostop calls it
+    front = None
     server = ModelServer(host=GATEWAY).start()
     try:
         # the pod's image: no key of the operator's until the provider brings it (an unrelated one, for the setup)
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "image_key")], check=True)
         host.create((tmp / "image_key.pub").read_text(), str(tmp / "image_key"))
-        standin.set_slots([f"{host.address}:{p}" for p in PORTS])
+        standin.set_slots([{"host": host.address, "ssh_port": p, "ports": {"443": q}} for p, q in zip(PORTS, PROXY_PORTS, strict=True)])
+        # RunPod: its HTTP proxy in front of the pod (TLS with a test CA's certificate for *.proxy.runpod.net)
+        front = RunpodProxy(standin, make_certificates(tmp)).start() if prov.name == "runpod" else None
         standin.on_running = lambda record: prov.start(host, record)
         standin.on_stopped = standin.on_deleted = lambda _record: host.stop()
         server.add("/tiny.safetensors", data=MODEL)
         settings = tmp / "pod-vars.json"
         settings.write_text(json.dumps({
             "sdcloud_provider": prov.name, "sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"], "sdcloud_disk_size_gb": 40,
+            "sdcloud_access": "public", "sdcloud_access_token_file": str(tmp / "pod.token"),
             # the pod-like host has no GPU (a real pod does: the default is true on pods)
             "sdcloud_gpu_present": False, **prov.settings,
             "sdcloud_models": [{"name": "tiny.safetensors", "kind": "checkpoints", "sha256": hashlib.sha256(MODEL).hexdigest(),
                                 "source": f"http://{GATEWAY}:{server.port}/tiny.safetensors"}]}))
         env.update({"SDCLOUD_INVENTORY_PROVIDERS": prov.name, "SDCLOUD_KNOWN_HOSTS": str(tmp / "known_hosts"),
                     prov.endpoint_var: standin.url, prov.key_var: API_KEY, "SDCLOUD_TEST_SETTINGS": str(settings)})
-        yield prov, host, standin, env
+        env["TMP"] = str(tmp)
+        yield prov, host, standin, front, env
     finally:
         # whatever the test reached, nothing is left: the stand-in's pods and the host behind them
         standin.on_running = standin.on_stopped = standin.on_deleted = None
         standin.stop()
         server.stop()
+        if front is not None:
+            front.stop()
         host.destroy()
         subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=env, capture_output=True, check=False)
+
+
+URL_RE = re.compile(r"^\s*ComfyUI: (https://\S+?)/?$", re.M)
+
+
+def through_url(out, env, front, expect):
+    """GET /system_stats through the public URL the summary printed (`expect`), with the token as the first path
+    segment (what Krita is given) and without it. RunPod: through the proxy stand-in `front`, as if DNS named it;
+    vast.ai: straight to the mapped port, trusting the certificate the summary names."""
+    m = URL_RE.search(out)
+    assert m and m.group(1) == expect, f"the summary must print ComfyUI at {expect}:\n" + out[-3000:]
+    url, token = m.group(1), pathlib.Path(env["TMP"], "pod.token").read_text().strip()
+    trust = (["--cacert", front.ca, "--connect-to", f"{url.split('/')[2]}:443:127.0.0.1:{front.port}"] if front
+             else ["--cacert", str(pathlib.Path(env["TMP"], "pod.crt"))])
+
+    def get(path):
+        r = subprocess.run(["curl", "-sS", "--max-time", "20", "-w", "\n%{http_code}", *trust, url + path],
+                           capture_output=True, text=True, check=False)
+        body, _, code = r.stdout.rpartition("\n")
+        return int(code or 0), body, r.stderr
+
+    code, body, err = get(f"/{token}/system_stats")
+    assert code == 200, (code, body[-500:], err)
+    assert json.loads(body)["system"]["comfyui_version"] == "0.3.64"
+    code, _, err = get("/system_stats")
+    assert code == 401, f"without the token: {code} {err}"
 
 
 def play(env, name, *extra, check=True):
@@ -152,7 +181,7 @@ def play(env, name, *extra, check=True):
 
 
 def test_pod_lifecycle(pod):
-    prov, host, standin, env = pod
+    prov, host, standin, front, env = pod
     name = prov.deployment
 
     # 1. provision: a pod is created, and ComfyUI answers through the printed tunnel, on the mapped SSH port
@@ -161,16 +190,24 @@ def test_pod_lifecycle(pod):
     assert f" -p {PORTS[0]} " in m.group(1) and m.group(3) == "root" and m.group(4) == host.address, m.group(1)
     assert stats["system"]["comfyui_version"] == "0.3.64"
     (record,) = prov.records(standin).values()
+    public_url = (f"https://{record['id']}-443.proxy.runpod.net" if prov.name == "runpod"
+                  else f"https://{host.address}:{PROXY_PORTS[0]}")
+    through_url(out, env, front, public_url)
+    assert "open to anyone who has the token" in " ".join(out.split()), out[-3000:]
+    # sdcloud's own nginx under supervisord, every file of it on the volume; the token check root's alone
+    assert (host.workspace / "sdcloud/proxy/nginx.conf").is_file()
+    assert (host.workspace / "sdcloud/proxy/token.conf").stat().st_mode & 0o777 == 0o600
     (create,) = [r["body"] for r in standin.requests if re.fullmatch(prov.create_path, r["path"]) and r["method"] != "GET"]
     if prov.name == "runpod":
         assert record["name"] == f"sdcloud:{name}" and record["dataCenterId"] == "US-KS-2"
         assert create["args"] == prov.hook, create
-        assert create["ports"] == ["22/tcp"], "tunnel access exposes SSH only"
+        assert create["ports"] == ["22/tcp", "443/http"], "SSH and the proxy's port only, never a UI's own"
+        assert front.requests and all(r[:2] == (record["id"], 443) for r in front.requests), front.requests
         assert create["mounts"]["persistent"] == {"size": 40, "path": "/workspace"}
     else:
         assert record["label"] == f"sdcloud:{name}" and record["geolocation"].endswith(", US")
         assert create["onstart"] == prov.hook, create
-        assert create["env"] == "-p 22:22", "tunnel access exposes SSH only"
+        assert create["env"] == "-p 22:22 -p 443:443", "SSH and the proxy's port only, never a UI's own"
         assert "price" not in create, "sdcloud_spot: false rents on demand, no bid"
     assert prov.price in " ".join(out.split()), out[-4000:]
     assert re.search(r"start hook .* must run:\n\s+" + re.escape(START) + "\n", out), out[-4000:]
@@ -194,6 +231,8 @@ def test_pod_lifecycle(pod):
     m, stats = e2e_util.through_tunnel(started)
     assert f" -p {PORTS[1]} " in m.group(1), m.group(1)
     assert stats["system"]["comfyui_version"] == "0.3.64"
+    # the proxy came back with the pod; on vast.ai at the port mapped for this start
+    through_url(started, env, front, public_url if prov.name == "runpod" else f"https://{host.address}:{PROXY_PORTS[1]}")
     assert recap_changed(started).get(name) == 0, started[-4000:]
     assert "Autostop: stops the pod through the %s API after 30 idle minutes" % prov.name in " ".join(started.split())
 

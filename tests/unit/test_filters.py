@@ -58,6 +58,14 @@ def test_https_url():
     assert sdcloud_https_url(443, "203.0.113.7") == "https://203.0.113.7"
     assert sdcloud_https_url("7443", "203.0.113.7") == "https://203.0.113.7:7443"
     assert sdcloud_https_url(8443, "2001:db8::1") == "https://[2001:db8::1]:8443"
+    # pods: the provider's proxy URL of an http port (RunPod), the public mapping of a tcp port (vast.ai)
+    runpod = {"22": {"ip": "198.51.100.4", "port": 40022, "type": "tcp", "url": None},
+              "443": {"ip": None, "port": None, "type": "http", "url": "https://abc123-443.proxy.runpod.net"}}
+    assert sdcloud_https_url(443, "198.51.100.4", runpod) == "https://abc123-443.proxy.runpod.net"
+    vast = {"443": {"ip": "203.0.113.9", "port": 41443, "type": "tcp", "url": "http://203.0.113.9:41443"}}
+    assert sdcloud_https_url("443", "203.0.113.9", vast) == "https://203.0.113.9:41443"
+    # a port the pod does not map, or none given: the host's own
+    assert sdcloud_https_url(7443, "203.0.113.9", vast) == sdcloud_https_url(7443, "203.0.113.9", None) == "https://203.0.113.9:7443"
 
 
 def test_ipv6_cidrs():

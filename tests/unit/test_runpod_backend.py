@@ -167,3 +167,13 @@ def test_the_stand_in_refuses_what_the_schema_refuses(rp):
         urllib.request.urlopen(req)
     assert err.value.code == 422 and "additional properties 'bogus' not allowed" in err.value.read().decode()
     assert set(DATA_CENTERS) == {"US-KS-2", "EU-RO-1", "CA-MTL-1"}
+
+
+def test_a_pod_created_without_a_port_asked_for_now_is_refused_naming_the_fix(rp, run):
+    failed, res = run(spot=False)  # tunnel access: SSH and 8188
+    assert not failed, res["msg"]
+    failed, res = run(spot=False, ports=[8188, 443])  # public access turned on afterwards
+    assert failed
+    assert "was created exposing 22, 8188 only, not 443" in res["msg"], res["msg"]
+    assert "teardown" in res["msg"] and "sdcloud_access" in res["msg"]
+    assert len(creates(rp)) == 1 and not rp.requests_for("PATCH")
