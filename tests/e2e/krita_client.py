@@ -13,9 +13,14 @@ QCoreApplication, the plugin's own asyncio/Qt event loop glue), and lets it deci
 - 1.5x (ai_diffusion/backend/comfy_client.py): `ComfyClient(url).connect()`, the same steps; the verdict is
   "connected" or the error the plugin raises (e.g. its MissingResources naming the nodes it lacks).
 
-usage: python krita_client.py PLUGIN_DIR URL [--upload-lora FILE] [--ca CERT]
+usage: python krita_client.py PLUGIN_DIR URL [--upload-lora FILE] [--ca CERT] [--connect-to DOMAIN=HOST:PORT]
   --ca: a PEM certificate Qt (and Python's ssl, through SSL_CERT_FILE set by the caller) should trust, as a
   user does by importing the self-signed certificate into the system store.
+  --connect-to: what DNS and the network would do for a name this computer cannot resolve (RunPod's
+  <pod id>-<port>.proxy.runpod.net, whose stand-in listens on loopback): every connection to a name ending in
+  DOMAIN goes to HOST:PORT instead, the URL, the TLS server name and the Host header unchanged. Python's
+  connections (the plugin's websockets) through socket.getaddrinfo; Qt's (its HTTP requests) through an HTTP
+  CONNECT proxy in this process, set as Qt's application proxy (Qt resolves names in C, out of Python's reach).
 """
 
 from __future__ import annotations
@@ -25,7 +30,9 @@ import asyncio
 import contextlib
 import json
 import os
+import socket
 import sys
+import threading
 import traceback
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
@@ -37,13 +44,19 @@ def main():
     ap.add_argument("url")
     ap.add_argument("--upload-lora")
     ap.add_argument("--ca")
+    ap.add_argument("--connect-to")
     args = ap.parse_args()
     sys.path.insert(0, args.plugin_dir)
 
     from PyQt5.QtCore import QCoreApplication
-    from PyQt5.QtNetwork import QSslCertificate, QSslConfiguration, QSslSocket
+    from PyQt5.QtNetwork import QNetworkProxy, QSslCertificate, QSslConfiguration, QSslSocket
 
     app = QCoreApplication([])
+    if args.connect_to:
+        domain, _, target = args.connect_to.partition("=")
+        host, _, port = target.rpartition(":")
+        _reroute(domain, host, int(port))
+        QNetworkProxy.setApplicationProxy(QNetworkProxy(QNetworkProxy.HttpProxy, "127.0.0.1", _connect_proxy()))
     if args.ca:
         conf = QSslConfiguration.defaultConfiguration()
         conf.setCaCertificates(conf.caCertificates() + QSslCertificate.fromPath(args.ca))
@@ -66,6 +79,57 @@ def main():
     else:
         run(_connect_15x(args, result))
     print(json.dumps(result))
+
+
+def _reroute(domain, host, port):
+    """socket.getaddrinfo answers host:port for every name ending in `domain` (as a DNS entry for it would, with
+    the port mapped too); other names as before."""
+    real = socket.getaddrinfo
+
+    def getaddrinfo(name, service, family=0, type=0, proto=0, flags=0):  # noqa: A002, PLR0917 - socket's own signature
+        if isinstance(name, str) and name.rstrip(".").endswith(domain):
+            return real(host, port, socket.AF_INET, type or socket.SOCK_STREAM, proto, flags)
+        return real(name, service, family, type, proto, flags)
+
+    socket.getaddrinfo = getaddrinfo
+
+
+def _connect_proxy():
+    """An HTTP CONNECT proxy on 127.0.0.1 (for Qt): it opens the asked host:port through socket.getaddrinfo (so
+    through _reroute) and relays the bytes. Returns its port."""
+    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "standins"))
+    from port_forward import relay  # noqa: PLC0415
+
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def one(conn):
+        head = b""
+        while b"\r\n\r\n" not in head:
+            chunk = conn.recv(4096)
+            if not chunk:
+                conn.close()
+                return
+            head += chunk
+        method, target = head.split(b" ", 2)[:2]
+        name, _, port = target.decode().rpartition(":")
+        try:
+            assert method == b"CONNECT"
+            upstream = socket.create_connection((name, int(port)), timeout=10)
+        except (AssertionError, OSError, ValueError):
+            conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            conn.close()
+            return
+        upstream.settimeout(None)
+        conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        relay(conn, upstream, first=head.split(b"\r\n\r\n", 1)[1])
+
+    def accept():
+        while True:
+            conn, _ = server.accept()
+            threading.Thread(target=one, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return server.getsockname()[1]
 
 
 async def _connect_135(args, result):

@@ -127,8 +127,8 @@ def client(env, plugin, url, *extra, ca=None):
     return verdict
 
 
-def ssh(env, ip, command, *, user="root", key=None, timeout=120, stdin=""):
-    res = subprocess.run(["ssh", "-i", key or env["SDCLOUD_TEST_KEY"], "-o", "StrictHostKeyChecking=no",
+def ssh(env, ip, command, *, user="root", key=None, timeout=120, stdin="", port=22):
+    res = subprocess.run(["ssh", "-i", key or env["SDCLOUD_TEST_KEY"], "-p", str(port), "-o", "StrictHostKeyChecking=no",
                           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR", "-o", "BatchMode=yes",
                           f"{user}@{ip}", command], input=stdin, capture_output=True, text=True, timeout=timeout, check=False)
     assert res.returncode == 0, f"{command}: rc={res.returncode}\n{res.stdout[-2000:]}\n{res.stderr[-2000:]}"
@@ -204,17 +204,17 @@ except urllib.error.HTTPError as e:
 """
 
 
-def place_placeholders(env, ip):
+def place_placeholders(env, ip, models=MODELS, home="/opt/comfyui", port=22):
     """The manifest's names, as labelled placeholders, owned and moded as the models role leaves files."""
     ckpt = next(m for m in MANIFEST if m["kind"] == "checkpoints")
     lines = ["set -e"]
     for m in MANIFEST:
         if m is not ckpt:
-            path = f"{MODELS}/{m['kind']}/{m['name']}"
+            path = f"{models}/{m['kind']}/{m['name']}"
             lines.append(f"printf 'PLACEHOLDER (sdcloud test fixture) for %s\\n' '{m['name']}' > '{path}'")
-    ssh(env, ip, "\n".join(lines))
-    count = ssh(env, ip, f"cd /opt/comfyui/app && /opt/comfyui/venv/bin/python - {MODELS}/checkpoints/{ckpt['name']}",
-                timeout=300, stdin=SDXL_HEADER)
+    ssh(env, ip, "\n".join(lines), port=port)
+    count = ssh(env, ip, f"cd {home}/app && {home}/venv/bin/python - {models}/checkpoints/{ckpt['name']}",
+                timeout=300, stdin=SDXL_HEADER, port=port)
     assert int(count) > 1000, f"an SDXL UNet has ~1700 tensors, the placeholder {count}"
     return ckpt["name"]
 
@@ -323,3 +323,88 @@ def test_krita_plugin_connects_through_tunnel_and_proxy(env, tmp_path):
     _, out = play(env, "teardown.yml")
     assert f"nothing of {NAME} is left" in out
     assert NAME not in machines(env)
+
+
+# --- On a RunPod pod, through RunPod's HTTP proxy ----------------------------------------------------------------
+POD_NET = "16"
+POD_NAME = "kritapod"
+POD_GATEWAY = f"10.87.{POD_NET}.1"
+POD_SSH = 40122  # the SSH port the stand-in maps
+POD_KEY = "test-krita-pod-api-key-not-a-secret"
+
+
+@pytest.fixture
+def runpod(tmp_path_factory):
+    """A RunPod pod for the Krita profile: the RunPod API v2 stand-in (tests/standins/runpod_server.py), each pod
+    backed by the pod-like test host (tests/e2e/podhost.py: no systemd, Docker's capabilities, /workspace) on
+    bridge 16, and the stand-in of RunPod's HTTP proxy (tests/standins/runpod_proxy.py) in front of it."""
+    sys.path.insert(0, str(ROOT / "tests" / "standins"))
+    from podhost import PodHost, start_as_runpod  # noqa: PLC0415
+    from runpod_proxy import RunpodProxy, make_certificates  # noqa: PLC0415
+    from runpod_server import RunpodStandin  # noqa: PLC0415
+
+    tmp = tmp_path_factory.mktemp("kritapod")
+    e = dict(os.environ, SDCLOUD_NET=POD_NET)
+    host = PodHost(int(POD_NET), POD_NAME + "-pod", ssh_port=POD_SSH)
+    standin = front = None
+    try:
+        e = e2e_util.local_env(tmp, POD_NET, POD_NAME)
+        e["TMP"] = str(tmp)
+        e["LIBSSL"] = str(libssl11())
+        host.destroy()  # one left by an interrupted run
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", e["SDCLOUD_TEST_KEY"]], check=True)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(tmp / "image_key")], check=True)
+        host.create((tmp / "image_key.pub").read_text(), str(tmp / "image_key"))
+        standin = RunpodStandin(host=POD_GATEWAY, api_key=POD_KEY).start()
+        standin.set_slots([f"{host.address}:{POD_SSH}"])
+        standin.on_running = lambda record: start_as_runpod(host, record)
+        standin.on_stopped = standin.on_deleted = lambda _record: host.stop()
+        front = RunpodProxy(standin, make_certificates(tmp)).start()
+        e.update({"SDCLOUD_INVENTORY_PROVIDERS": "runpod", "SDCLOUD_KNOWN_HOSTS": str(tmp / "known_hosts"),
+                  "SDCLOUD_RUNPOD_ENDPOINT": standin.url, "RUNPOD_API_KEY": POD_KEY})
+        yield e, host, standin, front
+    finally:
+        if standin is not None:
+            standin.on_running = standin.on_stopped = standin.on_deleted = None
+            standin.stop()
+        if front is not None:
+            front.stop()
+        host.destroy()
+        subprocess.run([str(ROOT / "bin/sdcloud-testhost"), "down"], env=e, capture_output=True, check=False)
+
+
+def test_krita_plugin_connects_to_a_runpod_pod_through_runpod_s_proxy(runpod, tmp_path):
+    """The Krita profile on a RunPod pod with public access: the plugin 1.35.0's own client, given the URL the
+    summary prints (RunPod's https://<pod id>-<port>.proxy.runpod.net/<token>), connects through the stand-in of
+    RunPod's proxy (TLS there; plain HTTP to sdcloud's nginx under supervisord in the pod), SD XL supported, and
+    its LoRA upload lands on the pod's volume."""
+    env, host, standin, front = runpod
+    settings = {"sdcloud_provider": "runpod", "sdcloud_gpu": "nvidia-rtx-4090", "sdcloud_spot": False,
+                "sdcloud_zones": ["US-KS-2"], "sdcloud_gpu_present": False, "sdcloud_ssh_key_path": env["SDCLOUD_TEST_KEY"],
+                "sdcloud_access": "public", "sdcloud_access_token_file": env["TMP"] + "/kritapod.token",
+                "sdcloud_comfyui_port": UI_PORT, "sdcloud_https_port": HTTPS_PORT, **profile_vars()}
+    _, out = run_play(env, "provision.yml", "-e", json.dumps(settings), vars_file="upstream-vars.yml")
+    (pod,) = standin.pods.values()
+    assert pod["ports"] == ["22/tcp", f"{HTTPS_PORT}/http"], "SSH and the proxy's port only, never ComfyUI's own"
+    token = pathlib.Path(env["TMP"], "kritapod.token").read_text().strip()
+    url = f"https://{pod['id']}-{HTTPS_PORT}.proxy.runpod.net/{token}"
+    assert f"Custom Server: {url}" in out, out[-3000:]
+
+    ckpt = place_placeholders(env, host.address, models="/workspace/models", home="/workspace/comfyui", port=POD_SSH)
+    lora = tmp_path / "sdcloud-pod-lora.safetensors"
+    lora.write_bytes(b"PLACEHOLDER (sdcloud test fixture): a LoRA uploaded by the Krita plugin\n" * 64)
+    # RunPod's certificate is publicly trusted, as the stand-in's test CA is here: nothing of sdcloud's to import
+    verdict = client(env, plugin_tree(tmp_path, "v1.35.0"), url, "--upload-lora", str(lora),
+                     "--connect-to", f"proxy.runpod.net=127.0.0.1:{front.port}", ca=front.ca)
+    assert verdict["state"] == "connected", verdict
+    assert "sdxl" in verdict["supported"], verdict
+    assert verdict["upload"] == "ok" and verdict["lora_listed"], verdict
+    assert (host.workspace / "comfyui/uploads/loras" / lora.name).read_bytes() == lora.read_bytes()
+    assert (host.workspace / "models/checkpoints" / ckpt).is_file()
+    # every request, the websocket's included, went through RunPod's proxy to the pod's proxy port
+    assert front.requests and {r[:2] for r in front.requests} == {(pod["id"], HTTPS_PORT)}, front.requests
+    assert any(" /" + token + "/ws" in r[2] for r in front.requests), front.requests
+
+    _, out = run_play(env, "teardown.yml", "-e", json.dumps(settings), vars_file="upstream-vars.yml")
+    assert f"nothing of {POD_NAME} is left on runpod" in out, out[-3000:]
+    assert standin.pods == {} and not host.running()

@@ -203,11 +203,13 @@ def test_pod_lifecycle(pod):
         assert create["args"] == prov.hook, create
         assert create["ports"] == ["22/tcp", "443/http"], "SSH and the proxy's port only, never a UI's own"
         assert front.requests and all(r[:2] == (record["id"], 443) for r in front.requests), front.requests
+        assert "runpod's own, publicly trusted: nothing to import" in " ".join(out.split()), out[-3000:]
         assert create["mounts"]["persistent"] == {"size": 40, "path": "/workspace"}
     else:
         assert record["label"] == f"sdcloud:{name}" and record["geolocation"].endswith(", US")
         assert create["onstart"] == prov.hook, create
         assert create["env"] == "-p 22:22 -p 443:443", "SSH and the proxy's port only, never a UI's own"
+        assert "Certificate: self-signed, a copy in " + env["TMP"] + "/pod.crt" in " ".join(out.split()), out[-3000:]
         assert "price" not in create, "sdcloud_spot: false rents on demand, no bid"
     assert prov.price in " ".join(out.split()), out[-4000:]
     assert re.search(r"start hook .* must run:\n\s+" + re.escape(START) + "\n", out), out[-4000:]
