@@ -240,16 +240,23 @@ def test_pod_lifecycle(pod):
 
     # 5. autostop: 30 idle seconds (checked every 5 s); the pod stops itself through the API, with its own key
     _, short = play(env, "provision.yml", "-e", "autostop_idle_seconds=30", "-e", "autostop_interval_seconds=5")
+    # waited for by the request the pod sends: the stand-in records a request once it has answered it, after the
+    # pod's state changed (and after its hook stopped the host behind it), so the state alone comes too early
+    method, path = prov.stop_path.split()
+
+    def pod_stops():
+        return [r for r in standin.requests
+                if r["method"] == method and r["path"] == path.format(id=record["id"]) and r["key"] == "pod"]
+
     deadline = time.monotonic() + 150
-    while not prov.stopped(prov.records(standin)[record["id"]]):
+    while not pod_stops():
         if time.monotonic() > deadline:
             log = (host.workspace / "sdcloud/autostop/state/autostop.log")
             pytest.fail("the idle pod did not stop itself within 150 s; its autostop log:\n"
                         + (log.read_text()[-3000:] if log.exists() else "(none)") + "\n" + short[-2000:])
         time.sleep(2)
-    method, path = prov.stop_path.split()
-    calls = [r for r in standin.requests if r["method"] == method and r["path"] == path.format(id=record["id"])]
-    assert calls and calls[-1]["key"] == "pod" and calls[-1]["status"] < 300, calls
+    calls = pod_stops()
+    assert calls[-1]["status"] < 300 and prov.stopped(prov.records(standin)[record["id"]]), calls
     deadline = time.monotonic() + 30
     while host.running() and time.monotonic() < deadline:  # the stand-in's hook stops it as the pod stops
         time.sleep(0.5)
