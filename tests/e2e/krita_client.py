@@ -98,18 +98,14 @@ def _connect_proxy():
     """An HTTP CONNECT proxy on 127.0.0.1 (for Qt): it opens the asked host:port through socket.getaddrinfo (so
     through _reroute) and relays the bytes. Returns its port."""
     sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "standins"))
-    from port_forward import relay  # noqa: PLC0415
+    from port_forward import accept_forever, read_head, relay  # noqa: PLC0415
 
     server = socket.create_server(("127.0.0.1", 0))
 
     def one(conn):
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = conn.recv(4096)
-            if not chunk:
-                conn.close()
-                return
-            head += chunk
+        head = read_head(conn)
+        if head is None:
+            return
         method, target = head.split(b" ", 2)[:2]
         name, _, port = target.decode().rpartition(":")
         try:
@@ -123,12 +119,7 @@ def _connect_proxy():
         conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
         relay(conn, upstream, first=head.split(b"\r\n\r\n", 1)[1])
 
-    def accept():
-        while True:
-            conn, _ = server.accept()
-            threading.Thread(target=one, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=accept, daemon=True).start()
+    threading.Thread(target=accept_forever, args=(server, one), daemon=True).start()
     return server.getsockname()[1]
 
 

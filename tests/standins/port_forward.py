@@ -7,7 +7,8 @@ container's port for each client, copying bytes both ways (Docker's docs, "Packe
 the same, run by tests/e2e/podhost.py inside the pod-like host's network namespace (`nsenter -n`), so the
 public port is reachable at the pod's address and the container sees a connection from its own loopback.
 
-`relay(a, b)` is also what the RunPod proxy stand-in (runpod_proxy.py) uses once it has chosen the pod.
+`relay(a, b)`, `read_head` and `accept_forever` also serve the RunPod proxy stand-in (runpod_proxy.py) and the
+CONNECT proxy of tests/e2e/krita_client.py.
 
 Run: python port_forward.py PUBLIC_PORT CONTAINER_PORT
 """
@@ -61,21 +62,45 @@ def relay(a: socket.socket, b: socket.socket, first: bytes = b"", idle: float | 
         b.close()
 
 
-def serve(public_port: int, port: int, host: str = "127.0.0.1") -> None:
-    server = socket.create_server(("0.0.0.0", public_port))
+def accept_forever(server: socket.socket, handle) -> None:
+    """handle(connection), in a thread of its own, for each connection `server` accepts, until it is closed."""
     while True:
-        client, _ = server.accept()
+        try:
+            conn, _ = server.accept()
+        except OSError:
+            return  # closed
+        threading.Thread(target=handle, args=(conn,), daemon=True).start()
 
-        def one(client=client):
-            try:
-                upstream = socket.create_connection((host, port), timeout=10)
-            except OSError:
-                client.close()
-                return
-            upstream.settimeout(None)
-            relay(client, upstream)
 
-        threading.Thread(target=one, daemon=True).start()
+def read_head(conn: socket.socket, limit: int = 65536) -> bytes | None:
+    """What the client sent until its request head ended (b"\\r\\n\\r\\n"; what followed in the same reads too), or
+    up to `limit` bytes; None, with the connection closed, when the client closed or failed first."""
+    data = b""
+    try:
+        while b"\r\n\r\n" not in data and len(data) < limit:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        else:
+            return data
+    except OSError:
+        pass
+    conn.close()
+    return None
+
+
+def serve(public_port: int, port: int, host: str = "127.0.0.1") -> None:
+    def one(client):
+        try:
+            upstream = socket.create_connection((host, port), timeout=10)
+        except OSError:
+            client.close()
+            return
+        upstream.settimeout(None)
+        relay(client, upstream)
+
+    accept_forever(socket.create_server(("0.0.0.0", public_port)), one)
 
 
 if __name__ == "__main__":

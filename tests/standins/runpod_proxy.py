@@ -28,7 +28,7 @@ import ssl
 import subprocess
 import threading
 
-from port_forward import relay
+from port_forward import accept_forever, read_head, relay
 
 DOMAIN = "proxy.runpod.net"
 HOST_RE = re.compile(r"^(?P<pod>[a-z0-9]+)-(?P<port>[0-9]{1,5})\." + re.escape(DOMAIN) + r"(?::443)?$", re.I)
@@ -73,7 +73,7 @@ class RunpodProxy:
         self._thread = None
 
     def start(self):
-        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread = threading.Thread(target=accept_forever, args=(self.server, self._one), daemon=True)
         self._thread.start()
         return self
 
@@ -86,16 +86,8 @@ class RunpodProxy:
     def __exit__(self, *exc):
         self.stop()
 
-    def _accept(self):
-        while True:
-            try:
-                raw, _ = self.server.accept()
-            except OSError:
-                return  # closed
-            threading.Thread(target=self._one, args=(raw,), daemon=True).start()
-
     def _target(self, head: bytes):
-        """(pod id, port, address) the request's Host names, or (status, text) to answer instead."""
+        """(pod id, port, address, request line) of what the request's Host names, or (status, text) to answer instead."""
         lines = head.decode("latin-1").split("\r\n")
         host = next((line.split(":", 1)[1].strip() for line in lines[1:] if line.lower().startswith("host:")), "")
         m = HOST_RE.match(host)
@@ -115,16 +107,8 @@ class RunpodProxy:
             raw.close()
             return
         conn.settimeout(TIMEOUT)
-        head = b""
-        try:
-            while b"\r\n\r\n" not in head and len(head) < 65536:
-                chunk = conn.recv(65536)
-                if not chunk:
-                    conn.close()
-                    return
-                head += chunk
-        except OSError:
-            conn.close()
+        head = read_head(conn)
+        if head is None:
             return
         target = self._target(head.split(b"\r\n\r\n", 1)[0])
         if len(target) == 2:
